@@ -1,0 +1,94 @@
+"""What the user tells the advisor: their situation and any choices they want to fix themselves.
+
+Field help text (metadata["help"]) feeds both the CLI's --help (autoft/cli/_flags.py) and the TUI's
+labels, so the two never disagree. A field left at None is for the advisor to choose.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TASKS, TECHNIQUES  # noqa: F401  (re-exported)
+from autoft.errors import AutoftError
+
+
+def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None = None,
+       metavar: str | None = None, group: str = "situation") -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices,
+                                            "metavar": metavar, "group": group})
+
+
+@dataclass
+class Question:
+    # -- the situation -------------------------------------------------------------------------
+    task: str | None = _f(None, "what to train: classification (text -> label) or generation "
+                          "(instruction tuning); inferred from the data's columns when omitted",
+                          choices=TASKS)
+    domain: str = _f("general", "subject area of the texts: general, biomedical, scientific, legal, "
+                     "finance, code, ...", metavar="DOMAIN")
+    language: str = _f("en", "main language of the texts, as an ISO 639-1 code (en, de, fr, ...; "
+                       "multi for several)", metavar="CODE")
+    data_size: int | None = _f(None, "number of training examples (read from --data when given)",
+                               metavar="N")
+    num_labels: int | None = _f(None, "number of classes (classification; read from --data)",
+                                metavar="N", group="hidden")
+    seq_len_p95: int | None = _f(None, "95th percentile of example length in tokens (read from --data)",
+                                 metavar="TOKENS", group="hidden")
+    seq_len_p99: int | None = _f(None, "99th percentile of example length in tokens (read from --data)",
+                                 metavar="TOKENS", group="hidden")
+    gpu: str = _f("auto", "hardware to plan for: auto (probe this machine), cpu, or a GPU name from "
+                  "the table (A100-80GB, H100-80GB, L4, T4, RTX-4090, ...)", metavar="auto|cpu|NAME",
+                  group="hardware")
+    gpu_memory: str | None = _f(None, "plan for a GPU with this much memory, e.g. 24GiB (overrides "
+                                "the probed or named GPU's memory)", metavar="SIZE", group="hardware")
+    gpus: int = _f(1, "number of GPUs to plan for (data parallel; memory is per GPU)", metavar="N",
+                   group="hardware")
+    # -- choices the user may fix (None: the advisor decides) ----------------------------------
+    model: str | None = _f(None, "model to fine-tune: a Hub id, a local folder, a config.json or a "
+                           ".gguf file", metavar="ID|PATH", group="override")
+    technique: str | None = _f(None, "full, freeze (train the top layers), lora or qlora",
+                               choices=TECHNIQUES, group="override")
+    batch_size: int | None = _f(None, "micro-batch size per GPU", metavar="N", group="override")
+    gradient_accumulation_steps: int | None = _f(None, "micro-batches per optimizer step",
+                                                 metavar="N", group="override")
+    seq_len: int | None = _f(None, "maximum sequence length in tokens", metavar="TOKENS",
+                             group="override")
+    precision: str | None = _f(None, "bf16, fp16 or fp32 (fp32 on the CPU)", choices=PRECISIONS,
+                               group="override")
+    gradient_checkpointing: bool | None = _f(None, "recompute activations in the backward pass "
+                                             "(saves memory, costs about 30%% more time)",
+                                             group="override")
+    optimizer: str | None = _f(None, "adamw, adamw-8bit or paged-adamw-8bit", choices=OPTIMIZERS,
+                               group="override")
+    lora_rank: int | None = _f(None, "LoRA rank r (alpha is 2r)", metavar="R", group="override")
+    freeze_layers: int | None = _f(None, "freeze: number of bottom layers kept frozen", metavar="K",
+                                   group="override")
+    force: bool = _f(False, "accept an override that the advisor predicts will not fit",
+                     group="override")
+    trust_remote_code: bool = _f(False, "allow a model's own Python code from the Hub to run "
+                                 "(off by default: it executes code you have not read)",
+                                 group="override")
+
+    def __post_init__(self) -> None:
+        for name in ("data_size", "batch_size", "gradient_accumulation_steps", "seq_len", "lora_rank", "gpus"):
+            v = getattr(self, name)
+            if v is not None and v < (0 if name == "data_size" else 1):
+                raise AutoftError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+        if self.task is not None and self.task not in TASKS:
+            raise AutoftError(f"unknown task {self.task!r}", "use classification or generation")
+        if self.technique is not None and self.technique not in TECHNIQUES:
+            raise AutoftError(f"unknown technique {self.technique!r}", "use one of " + ", ".join(TECHNIQUES))
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise AutoftError(f"unknown precision {self.precision!r}", "use bf16, fp16 or fp32")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise AutoftError(f"unknown optimizer {self.optimizer!r}", "use " + ", ".join(OPTIMIZERS))
+        self.language = (self.language or "en").lower()
+        self.domain = (self.domain or "general").lower()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def field_help(cls) -> dict[str, dict]:
+        """name -> metadata (help, choices, metavar, group): one source for CLI flags and TUI labels."""
+        return {f.name: dict(f.metadata) for f in fields(cls)}

@@ -1,0 +1,166 @@
+"""The shared vocabulary of the advisor: model architecture facts, hardware, and a training setup.
+
+Plain dataclasses, no torch. The catalog (rules/models.toml), a local config.json and the Hub all
+produce a `ModelSpec`; the probe and the GPU table produce a `Hardware`; the estimator reads a
+`ModelSpec` and a `TrainSetup` and returns an `Estimate`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from autoft.errors import AutoftError
+
+Technique = Literal["full", "freeze", "lora", "qlora"]
+Precision = Literal["bf16", "fp16", "fp32"]
+Optimizer = Literal["adamw", "adamw-8bit", "paged-adamw-8bit"]
+Task = Literal["classification", "generation"]
+
+TECHNIQUES: tuple[str, ...] = ("full", "freeze", "lora", "qlora")
+PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw-8bit", "paged-adamw-8bit")
+TASKS: tuple[str, ...] = ("classification", "generation")
+
+
+@dataclass
+class ModelSpec:
+    """Architecture numbers of one checkpoint (from its published config.json) and its metadata."""
+
+    id: str  # Hub id, or a local path
+    model_type: str  # config.json "model_type": bert, roberta, llama, qwen2, mistral, gemma2, phi3, ...
+    params: int  # total parameter count
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+    max_positions: int
+    tied_embeddings: bool = False
+    family: Literal["encoder", "decoder"] = "decoder"
+    head_dim: int | None = None  # when config.json sets it apart from hidden/heads (Gemma 2)
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    domains: list[str] = field(default_factory=lambda: ["general"])
+    licence: str = "unknown"
+    gated: bool = False
+    downloads: int | None = None  # from the Hub, when known
+    source: str = "catalog"  # catalog | hub | local | cache
+
+    def __post_init__(self) -> None:
+        for name in ("params", "hidden_size", "num_layers", "num_attention_heads", "num_kv_heads",
+                     "intermediate_size", "vocab_size"):
+            if int(getattr(self, name)) <= 0:
+                raise AutoftError(f"model {self.id}: {name} must be positive",
+                                  "check the model's config.json")
+        if self.family not in ("encoder", "decoder"):
+            raise AutoftError(f"model {self.id}: family must be encoder or decoder")
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GPU:
+    """One accelerator, probed or planned for."""
+
+    name: str
+    memory_bytes: int  # total memory
+    free_bytes: int | None = None  # probed only
+    bf16: bool = True  # compute capability >= 8.0
+    compute_capability: str | None = None
+    uuid: str | None = None
+    mig: bool = False
+
+
+@dataclass
+class Hardware:
+    """What training will run on: GPUs (possibly planned, not present) or the CPU."""
+
+    kind: Literal["gpu", "cpu"]
+    gpus: list[GPU] = field(default_factory=list)
+    cpu_cores: int = 1
+    ram_bytes: int = 0
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    source: Literal["probe", "table", "manual", "none"] = "probe"
+    reason: str | None = None  # why no GPU is used, when kind == "cpu"
+
+    @property
+    def gpu(self) -> GPU | None:
+        return self.gpus[0] if self.gpus else None
+
+    @property
+    def memory_bytes(self) -> int:
+        """Memory that one training process may use: the GPU's (free if probed), else the RAM."""
+        if self.gpu is None:
+            return self.ram_bytes
+        g = self.gpu
+        return g.free_bytes if g.free_bytes is not None else g.memory_bytes
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainSetup:
+    """Everything about a training run that moves peak memory."""
+
+    technique: Technique = "lora"
+    task: Task = "generation"
+    batch_size: int = 1  # micro-batch per device
+    seq_len: int = 512
+    precision: Precision = "bf16"
+    gradient_checkpointing: bool = False
+    optimizer: Optimizer = "adamw"
+    lora_rank: int = 16
+    lora_targets: Literal["attention", "all-linear"] = "all-linear"
+    freeze_layers: int | None = None  # freeze: bottom layers kept frozen (None: all but the top quarter)
+    num_labels: int = 2  # classification head width
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    chunked_loss: bool = False
+    device: Literal["cuda", "cpu"] = "cuda"
+
+    def __post_init__(self) -> None:
+        if self.technique not in TECHNIQUES:
+            raise AutoftError(f"unknown technique {self.technique!r}", "use one of " + ", ".join(TECHNIQUES))
+        if self.precision not in PRECISIONS:
+            raise AutoftError(f"unknown precision {self.precision!r}", "use one of " + ", ".join(PRECISIONS))
+        if self.optimizer not in OPTIMIZERS:
+            raise AutoftError(f"unknown optimizer {self.optimizer!r}", "use one of " + ", ".join(OPTIMIZERS))
+        if self.task not in TASKS:
+            raise AutoftError(f"unknown task {self.task!r}", "use classification or generation")
+        if self.batch_size < 1:
+            raise AutoftError(f"batch size must be at least 1, got {self.batch_size}", "pass --batch-size 1 or more")
+        if self.seq_len < 8:
+            raise AutoftError(f"sequence length must be at least 8 tokens, got {self.seq_len}", "pass --seq-len 128 or more")
+        if self.lora_rank < 1:
+            raise AutoftError(f"LoRA rank must be at least 1, got {self.lora_rank}", "pass --lora-rank 8, 16 or 64")
+        if self.freeze_layers is not None and self.freeze_layers < 0:
+            raise AutoftError("--freeze-layers must be 0 or more", "pass the number of bottom layers to freeze")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Estimate:
+    """Predicted peak memory of one training setup, by term, in bytes (GiB in to_dict)."""
+
+    peak_bytes: int
+    breakdown_bytes: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / 1024**3
+
+    def to_dict(self) -> dict:
+        return {
+            "peak_gib": round(self.peak_gib, 3),
+            "breakdown_gib": {k: round(v / 1024**3, 3) for k, v in self.breakdown_bytes.items()},
+            "notes": list(self.notes),
+        }

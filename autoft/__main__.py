@@ -1,0 +1,3 @@
+from autoft.cli import main
+
+raise SystemExit(main())

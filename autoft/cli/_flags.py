@@ -1,0 +1,46 @@
+"""Flags shared by `advise`, `run` and `estimate`, generated from the Question dataclass so that
+the CLI's help and the TUI's labels come from the same text."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from autoft.advisor.question import Question
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def add_question_flags(parser: argparse.ArgumentParser, groups=("situation", "hardware", "override"),
+                       skip: tuple[str, ...] = ()) -> None:
+    titles = {"situation": "your situation", "hardware": "hardware", "override": "overrides (the advisor chooses what you leave out)"}
+    for group in groups:
+        g = parser.add_argument_group(titles[group])
+        for f in dataclasses.fields(Question):
+            md = f.metadata
+            if md.get("group") != group or f.name in skip:
+                continue
+            flag = md.get("flag") or "--" + f.name.replace("_", "-")
+            kw: dict = {"dest": f.name, "help": md["help"]}
+            if f.type in ("bool", "bool | None"):
+                kw["action"] = argparse.BooleanOptionalAction if f.type == "bool | None" else "store_true"
+                kw["default"] = f.default
+            else:
+                kw["default"] = None if f.default is None else f.default
+                if "int" in f.type:
+                    kw["type"] = _int
+                if md.get("choices"):
+                    kw["choices"] = md["choices"]
+                if md.get("metavar"):
+                    kw["metavar"] = md["metavar"]
+            g.add_argument(flag, **kw)
+
+
+def question_from_args(args: argparse.Namespace, **extra) -> Question:
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(Question) if hasattr(args, f.name)}
+    kw.update(extra)
+    return Question(**kw)
