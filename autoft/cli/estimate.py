@@ -1,15 +1,136 @@
-"""`autoft estimate` (placeholder until its issue lands)."""
+"""`autoft estimate`: predicted peak GPU memory of one fine-tuning setup, term by term."""
 from __future__ import annotations
 
-HELP = "estimate (not built yet)"
-EXAMPLES = "  autoft estimate --help\n"
+import argparse
+import json
+
+from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TASKS, TECHNIQUES
+
+HELP = "predict the peak GPU memory (GiB) of a fine-tuning setup, term by term, before training"
+EXAMPLES = """\
+  autoft estimate --model meta-llama/Llama-3.1-8B --technique qlora --batch-size 4 --seq-len 2048
+  autoft estimate --model Qwen/Qwen2.5-7B-Instruct --technique lora --batch-size 1 --seq-len 512 --gpu T4
+  autoft estimate --model google-bert/bert-base-uncased --technique full --task classification \\
+      --batch-size 32 --seq-len 128 --gpu-memory 16GiB --json
+  autoft estimate --model mistralai/Mistral-7B-Instruct-v0.3 --technique lora --lora-rank 64 \\
+      --gradient-checkpointing --optimizer paged-adamw-8bit --batch-size 8 --seq-len 1024
+  autoft estimate --model ./my-model/config.json --technique freeze --freeze-layers 20 --batch-size 2 --seq-len 1024
+"""
 
 
-def add_arguments(parser) -> None:
-    pass
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("what to train")
+    g.add_argument("--model", required=True, metavar="ID|PATH",
+                   help="catalog or Hub id, a local folder, a config.json or a .gguf file")
+    g.add_argument("--technique", required=True, choices=TECHNIQUES,
+                   help="full, freeze (train the top layers), lora or qlora")
+    g.add_argument("--task", choices=TASKS, default=None,
+                   help="generation (LM loss over the vocabulary) or classification; default: "
+                        "classification for encoders, generation for decoders")
+    g.add_argument("--num-labels", type=_int, default=2, metavar="N", help="classes (classification)")
+    s = parser.add_argument_group("setup")
+    s.add_argument("--batch-size", type=_int, required=True, metavar="N", help="micro-batch size per GPU")
+    s.add_argument("--seq-len", type=_int, required=True, metavar="TOKENS", help="sequence length in tokens")
+    s.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute activations in backward (default: on for qlora, as peft's k-bit "
+                        "preparation does; off otherwise)")
+    s.add_argument("--precision", choices=PRECISIONS, default="bf16", help="bf16 (default), fp16 or fp32")
+    s.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="adamw (default), adamw-8bit "
+                   "or paged-adamw-8bit")
+    s.add_argument("--lora-rank", type=_int, default=16, metavar="R", help="LoRA rank (default 16)")
+    s.add_argument("--lora-targets", choices=("all-linear", "attention"), default="all-linear",
+                   help="LoRA on every linear layer (default) or on the attention q and v projections")
+    s.add_argument("--freeze-layers", type=_int, default=None, metavar="K",
+                   help="freeze: bottom layers kept frozen (default: all but the top quarter)")
+    s.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa",
+                   help="attention kernel: sdpa/flash (default) or eager (stores a x s x s matrices)")
+    s.add_argument("--chunked-loss", action="store_true",
+                   help="the loss is computed in chunks (fused/chunked cross-entropy)")
+    s.add_argument("--cpu", action="store_true", help="estimate a CPU run (fp32, RAM, no CUDA context)")
+    h = parser.add_argument_group("hardware (optional: say whether it fits)")
+    x = h.add_mutually_exclusive_group()
+    x.add_argument("--gpu", metavar="NAME", help="a GPU from the table (T4, A100-40GB, H100-80GB, RTX-4090, ...)")
+    x.add_argument("--gpu-memory", metavar="SIZE", help="GPU memory, e.g. 24GiB or 16GB")
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+
+
+def _gpu_memory(args) -> tuple[int | None, str | None]:
+    from autoft.advisor.units import parse_size
+
+    if args.gpu_memory:
+        return parse_size(args.gpu_memory), None
+    if args.gpu:
+        from autoft.advisor.hardware import find_gpu
+
+        g = find_gpu(args.gpu)
+        return g.memory_bytes, g.name
+    return None, None
 
 
 def run(args) -> int:
+    from autoft.advisor.catalog import resolve_model
+    from autoft.advisor.memory import TERMS, estimate, max_batch_size
+    from autoft.advisor.spec import TrainSetup
+    from autoft.advisor.units import GIB
     from autoft.errors import AutoftError
 
-    raise AutoftError("autoft estimate is not built yet", "see the open issues")
+    memory, gpu_name = _gpu_memory(args)
+    spec = resolve_model(args.model)
+    task = args.task or ("classification" if spec.family == "encoder" else "generation")
+    if task == "generation" and spec.family == "encoder":
+        raise AutoftError(f"{spec.id} is an encoder and cannot be trained for generation",
+                          "pass --task classification, or pick a decoder model")
+    ckpt = args.gradient_checkpointing
+    if ckpt is None:
+        ckpt = args.technique == "qlora"
+    if args.num_labels < 1:
+        raise AutoftError(f"--num-labels must be 1 or more, got {args.num_labels}", "pass the number of classes")
+    if args.freeze_layers is not None and args.freeze_layers > spec.num_layers:
+        raise AutoftError(f"--freeze-layers {args.freeze_layers} is more than the model's {spec.num_layers} layers",
+                          f"pass a number from 0 to {spec.num_layers - 1}")
+    setup = TrainSetup(technique=args.technique, task=task, batch_size=args.batch_size, seq_len=args.seq_len,
+                       precision="fp32" if args.cpu else args.precision, gradient_checkpointing=ckpt,
+                       optimizer=args.optimizer, lora_rank=args.lora_rank, lora_targets=args.lora_targets,
+                       freeze_layers=args.freeze_layers, num_labels=args.num_labels, attention=args.attention,
+                       chunked_loss=args.chunked_loss, device="cpu" if args.cpu else "cuda")
+    est = estimate(spec, setup)
+    notes = list(est.notes)
+    if args.seq_len > spec.max_positions:
+        notes.append(f"sequence length {args.seq_len} exceeds the model's {spec.max_positions} positions")
+    fits = None
+    best_bs = None
+    if memory is not None:
+        fits = est.peak_bytes <= memory
+        best_bs = max_batch_size(spec, setup, memory, safety=0.9)
+    d = est.to_dict()
+    if args.json:
+        out = {"model": spec.id, "params": spec.params, "setup": setup.to_dict(), "peak_gib": d["peak_gib"],
+               "breakdown_gib": d["breakdown_gib"], "notes": notes, "fits": fits,
+               "gpu": gpu_name, "gpu_memory_gib": round(memory / GIB, 3) if memory else None,
+               "headroom_gib": round((memory - est.peak_bytes) / GIB, 3) if memory else None,
+               "max_batch_size": best_bs}
+        print(json.dumps(out, indent=2))
+        return 0
+    ck = "on" if ckpt else "off"
+    print(f"{spec.id} ({spec.params / 1e9:.2f}B params), {args.technique}, {task}, batch {args.batch_size} x "
+          f"{args.seq_len} tokens, {setup.precision}, checkpointing {ck}, {args.optimizer}")
+    width = max(len(t) for t in TERMS)
+    for term in TERMS:
+        print(f"  {term.replace('_', ' '):<{width}}  {est.breakdown_bytes[term] / GIB:8.2f} GiB")
+    print(f"  {'peak':<{width}}  {est.peak_gib:8.2f} GiB")
+    if memory is not None:
+        where = gpu_name or "the GPU"
+        head = (memory - est.peak_bytes) / GIB
+        verdict = "fits" if fits else "does NOT fit"
+        print(f"{verdict} on {where} ({memory / GIB:.2f} GiB): headroom {head:+.2f} GiB; "
+              f"largest batch within 90%: {best_bs}")
+    for n in notes:
+        print(f"note: {n}")
+    return 0
