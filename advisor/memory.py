@@ -72,10 +72,14 @@ class DtypePolicy:
 #   the "18 bytes per parameter" of the transformers docs.
 # - fp32: 4 + 4 + 8 = 16 B/param, activations in fp32.
 TRAINING_DTYPES: dict[str, DtypePolicy] = {
-    "bf16": DtypePolicy(weight=2, autocast_copy=0, grad=2, adamw=4, frozen=2, act=2,
-                        help="pure bf16: bf16 weights, bf16 grads, AdamW states in bf16"),
+    # autoft's trainer (autotrain/models.py) keeps fp32 master weights for full/freeze and runs
+    # bf16 under autocast, as HF Trainer does with an fp32 load: "bf16" must describe that.
+    "bf16": DtypePolicy(weight=4, autocast_copy=2, grad=4, adamw=8, frozen=4, act=2,
+                        help="fp32 master weights + bf16 autocast (autoft's trainer, HF Trainer)"),
     "bf16-mixed": DtypePolicy(weight=4, autocast_copy=2, grad=4, adamw=8, frozen=4, act=2,
                               help="fp32 master weights + bf16 autocast (HF Trainer, fp32 load)"),
+    "bf16-pure": DtypePolicy(weight=2, autocast_copy=0, grad=2, adamw=4, frozen=2, act=2,
+                             help="pure bf16: bf16 weights, bf16 grads, AdamW states in bf16"),
     "fp16": DtypePolicy(weight=4, autocast_copy=2, grad=4, adamw=8, frozen=4, act=2,
                         help="fp32 master weights + fp16 autocast + GradScaler"),
     "fp32": DtypePolicy(weight=4, autocast_copy=0, grad=4, adamw=8, frozen=4, act=4,
@@ -297,8 +301,9 @@ def estimate(spec: ModelSpec, setup: TrainSetup, constants: Constants | None = N
     if on_cpu and setup.precision != "fp32":
         notes.append("CPU: training runs in fp32; the figure is RAM, not GPU memory")
     if on_cpu and setup.technique == "qlora":
-        raise AutoftError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit training)",
-                          "use --technique lora on the CPU, or plan for a GPU with --gpu NAME")
+        # bitsandbytes >= 0.48 runs NF4 layers on the CPU: it works, but dequantising every
+        # forward makes it slower than LoRA, and saves RAM only.
+        notes.append("CPU: QLoRA runs (bitsandbytes CPU kernels) but is slower than LoRA")
     policy = TRAINING_DTYPES[dtype_policy or precision]
     e = policy.act
     b, s, L, h, V = setup.batch_size, setup.seq_len, spec.num_layers, spec.hidden_size, spec.vocab_size
