@@ -77,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"autoft: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:
+        # `autoft ... | head` closed the pipe: not an error worth a traceback.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
     except KeyboardInterrupt:
         if debug:
             raise

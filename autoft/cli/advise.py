@@ -1,15 +1,191 @@
-"""`autoft advise` (placeholder until its issue lands)."""
+"""`autoft advise`: which model, technique, batch size and sequence length, whether it fits, and why."""
 from __future__ import annotations
 
-HELP = "advise (not built yet)"
-EXAMPLES = "  autoft advise --help\n"
+HELP = "recommend a model, technique and batch size for your data and GPU, with the reasons"
+EXAMPLES = """\
+  autoft advise --data train.csv --gpu T4             # what to fine-tune on a 16 GB T4, and why
+  autoft advise --task generation --data-size 5000 --gpu A100-40GB
+  autoft advise --task classification --language de --data-size 2000 --gpu cpu
+  autoft advise --task classification --domain biomedical --data-size 8000 --gpu L4
+  autoft advise --model mistralai/Mistral-7B-v0.3 --technique lora --gpu T4
+                                                      # refused: does not fit; suggests QLoRA
+  autoft advise --model Qwen/Qwen2.5-7B-Instruct --batch-size 16 --gpu-memory 24GiB --force
+  autoft advise --data ./mydata --json > recommendation.json   # the JSON `autoft run` reads
+"""
+
+_BAR = 28
 
 
 def add_arguments(parser) -> None:
-    pass
+    from autoft.cli._flags import add_question_flags
+
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", metavar="PATH", help="training data (CSV, JSONL, Parquet, a folder or a "
+                   "saved dataset): fills in the task, size, labels, language and token lengths")
+    g.add_argument("--text-column", metavar="NAME", help="column with the text (classification)")
+    g.add_argument("--label-column", metavar="NAME", help="column with the label (classification)")
+    add_question_flags(parser)
+    # None here means "not given", so that --data can fill them in; the Question defaults apply after.
+    parser.set_defaults(language=None, domain=None)
+    parser.add_argument("--json", action="store_true", help="print the recommendation as JSON "
+                        "(documented in docs/advise-json.md)")
+
+
+def _profile_fields(args) -> tuple[dict, list[str]]:
+    """Question fields and warnings from --data (the data layer imports no torch)."""
+    from autoft.autotrain.data import build_profile, load_data
+
+    bundle = load_data(args.data, task=args.task, text_column=args.text_column, label_column=args.label_column)
+    profile = build_profile(bundle)
+    return profile.to_question_fields(), list(profile.warnings)
+
+
+def build_question(args):
+    """The Question from the flags, with unset fields filled in from --data."""
+    import dataclasses
+
+    from autoft.advisor.question import Question
+    from autoft.cli._flags import question_from_args
+
+    data_warnings: list[str] = []
+    extra: dict = {}
+    if getattr(args, "data", None):
+        fields, data_warnings = _profile_fields(args)
+        names = {f.name for f in dataclasses.fields(Question)}
+        for k, v in fields.items():
+            if k in names and getattr(args, k, None) is None:
+                extra[k] = v
+    elif args.text_column or args.label_column:
+        from autoft.errors import AutoftError
+
+        raise AutoftError("--text-column and --label-column need --data", "pass --data PATH")
+    return question_from_args(args, **extra), data_warnings
 
 
 def run(args) -> int:
-    from autoft.errors import AutoftError
+    import json
+    import os
+    import sys
 
-    raise AutoftError("autoft advise is not built yet", "see the open issues")
+    from autoft.advisor.recommend import advise
+
+    question, data_warnings = build_question(args)
+    rec = advise(question)
+    rec.warnings = list(dict.fromkeys(data_warnings + rec.warnings))
+    text = json.dumps(rec.to_dict(), indent=2) if args.json else render(rec)
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `autoft advise | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Human output
+# ---------------------------------------------------------------------------------------------
+
+def _params(n: int) -> str:
+    from autoft.advisor.units import fmt_params
+
+    return fmt_params(n)
+
+
+def _bar(gib: float, scale: float) -> str:
+    n = 0 if scale <= 0 else min(_BAR, round(gib / scale * _BAR))
+    if gib > 0 and n == 0:
+        return "▏"
+    return "█" * n
+
+
+def _most(n: int) -> str:
+    from autoft.advisor.recommend import MAX_BATCH_SEARCH
+
+    return f"{n}+" if n >= MAX_BATCH_SEARCH else str(n)
+
+
+def _setting_line(d: dict) -> str:
+    ck = ", checkpointing" if d["gradient_checkpointing"] else ""
+    return (f"{d['technique']:<6} {d['batch_size']} x {d['gradient_accumulation_steps']} "
+            f"(= {d['effective_batch_size']}), {d['seq_len']} tokens, {d['precision']}{ck}")
+
+
+def render(rec) -> str:
+    d = rec.to_dict()
+    m, gpu, est = d["model"], d["gpu"], d["estimate"]
+    q = d.get("question") or {}
+    out: list[str] = []
+    situation = [d["task"]]
+    if q.get("data_size") is not None:
+        situation.append(f"{q['data_size']:,} examples")
+    if d.get("num_labels"):
+        situation.append(f"{d['num_labels']} labels")
+    situation.append(f"language {q.get('language', 'en')}")
+    if q.get("domain", "general") != "general":
+        situation.append(f"domain {q['domain']}")
+    where = (f"{gpu['name']} ({gpu['memory_gib']:.1f} GiB{', bf16' if gpu['bf16'] else ''}"
+             + (f", x{gpu['count']}" if gpu.get("count", 1) > 1 else "") + ")"
+             if gpu["kind"] == "gpu" else f"CPU ({gpu['cpu_cores']} cores, {gpu['memory_gib']:.1f} GiB RAM)")
+    out.append(f"autoft advise: {', '.join(situation)}; planned for {where}")
+    out.append("")
+    langs = ",".join(m.get("languages", []))
+    doms = ",".join(m.get("domains", []))
+    gated = ", gated" if m.get("gated") else ""
+    out.append(f"  model          {m['id']}  ({_params(m['params'])} params, {m['family']}, {langs}, "
+               f"{doms}, licence {m.get('licence', 'unknown')}{gated})")
+    names = {"full": "full fine-tuning", "freeze": "freeze", "lora": "LoRA", "qlora": "QLoRA (4-bit NF4 base)"}
+    tech = names.get(d["technique"], d["technique"])
+    if d["technique"] == "freeze" and d.get("freeze_layers") is not None:
+        tech += f" (bottom {d['freeze_layers']} of {m['num_layers']} layers frozen)"
+    out.append(f"  technique      {tech}")
+    out.append(f"  batch          {d['batch_size']} per step x {d['gradient_accumulation_steps']} accumulation"
+               f" = {d['effective_batch_size']} examples per optimizer step"
+               + (f" x {gpu['count']} GPUs" if gpu.get("count", 1) > 1 else "")
+               + f"  (largest micro-batch that fits: {_most(d['max_batch_size'])})")
+    out.append(f"  sequence       {d['seq_len']} tokens")
+    out.append(f"  precision      {d['precision']}    gradient checkpointing "
+               f"{'on' if d['gradient_checkpointing'] else 'off'}    optimizer {d['optimizer']}")
+    if d.get("lora"):
+        lo = d["lora"]
+        tm = lo["target_modules"] if isinstance(lo["target_modules"], str) else ",".join(lo["target_modules"])
+        out.append(f"  LoRA           r {lo['r']}, alpha {lo['alpha']}, dropout {lo['dropout']}, targets {tm}")
+    ss = d.get("search_space") or {}
+    if ss:
+        parts = []
+        for k, v in ss.items():
+            if k == "learning_rate":
+                parts.append(f"lr {v[0]:.0e}..{v[1]:.0e}")
+            elif len(v) == 2 and k not in ("lora_rank", "lora_dropout"):
+                parts.append(f"{k.replace('_', ' ')} {v[0]:g}..{v[1]:g}")
+            else:
+                parts.append(f"{k.replace('_', ' ')} {{{', '.join(f'{x:g}' for x in v)}}}")
+        out.append(f"  search space   {'; '.join(parts)}")
+    out.append("")
+    budget = d["memory_gib"] * d["safety"]
+    verdict = "fits" if d["fits"] else "DOES NOT FIT"
+    out.append(f"  memory         {est['peak_gib']:.2f} GiB predicted peak, budget {budget:.1f} GiB "
+               f"({int(d['safety'] * 100)}% of {d['memory_gib']:.1f} GiB): {verdict}")
+    scale = max(d["memory_gib"], est["peak_gib"])
+    for term, gib in est["breakdown_gib"].items():
+        if gib <= 0:
+            continue
+        out.append(f"    {term.replace('_', ' '):<18} {gib:7.2f} GiB  {_bar(gib, scale)}")
+    out.append(f"    {'total':<18} {est['peak_gib']:7.2f} GiB  {_bar(est['peak_gib'], scale):<{_BAR}}|"
+               f" {d['memory_gib']:.1f} GiB")
+    out.append("")
+    out.append("  why")
+    for r in d["reasons"]:
+        out.append(f"    {r['rule']:<11} {r['because']}")
+    if d["alternatives"]:
+        out.append("")
+        out.append("  alternatives")
+        for i, a in enumerate(d["alternatives"], 1):
+            fit = "fits" if a["fits"] else "does not fit"
+            out.append(f"    {i}. {a['model']['id']} ({_params(a['model']['params'])}): {_setting_line(a)}; "
+                       f"{a['estimate']['peak_gib']:.2f} GiB, {fit}  [{a['note']}]")
+    if d["warnings"]:
+        out.append("")
+        out.append("  warnings")
+        for w in d["warnings"]:
+            out.append(f"    ! {w}")
+    return "\n".join(out)

@@ -1,0 +1,644 @@
+"""Recommendations: which model, which technique, which batch size, and will it fit.
+
+    advise(question, hardware=None, catalog=None) -> Recommendation
+
+The decisions are made by the rules in rules/advice.toml (autoft.advisor.rules_engine); this module
+only computes facts, runs the rule stages, and does the arithmetic the rules cannot: fit checks
+with the memory estimator, the largest micro-batch under a safety margin, the accumulation that
+reaches the effective batch, and the sequence length from the data's token-length percentiles.
+
+Order of work:
+  1. facts of the situation and the hardware;
+  2. `model` rules score (or reject) every candidate; candidates are ranked by score, then Hub
+     downloads, then catalog order;
+  3. per candidate, in rank order: `setup` rules for each technique, a fit check of each (batch 1,
+     checkpointing on), `technique` rules pick the first preferred technique that fits; then the
+     batch size, checkpointing and accumulation;
+  4. the first candidate with a fitting plan wins; the next ones (and the winner's other fitting
+     techniques) become the alternatives.
+Overrides (any field of the Question) fix that choice; the fit is re-checked and an override that
+does not fit is refused with the nearest setting that does, unless `question.force`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any
+
+from autoft.advisor.question import Question
+from autoft.advisor.rules_engine import Outcome, load_rules, nice
+from autoft.advisor.spec import TECHNIQUES, Estimate, Hardware, ModelSpec, TrainSetup
+from autoft.errors import AutoftError
+
+GIB = 1024**3
+SAFETY = {"gpu": 0.9, "cpu": 0.8}  # plan under this share of memory (RAM also holds the OS and data)
+DEFAULT_SEQ_LEN = {"classification": 256, "generation": 1024}  # when the data's lengths are unknown
+MAX_BATCH_SEARCH = 256  # the largest micro-batch the fit search looks for
+SCHEMA_VERSION = 1
+# How the trainer reads each search-space entry (documented in docs/advise-json.md).
+SEARCH_SPACE_KINDS = {"learning_rate": "log-range", "weight_decay": "range", "warmup_ratio": "range",
+                      "layer_decay": "range", "lora_rank": "choices", "lora_dropout": "choices"}
+_MLP_MODULES = {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "dense", "fc1", "fc2", "lin1",
+                "lin2", "c_fc", "Wi", "dense_h_to_4h", "dense_4h_to_h", "w1", "w2", "w3"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The result
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Recommendation:
+    """What to fine-tune and how; `to_dict()` is the stable JSON of `autoft advise --json`."""
+
+    model: dict  # ModelSpec.to_dict(): id, params, languages, domains, licence, family, model_type, ...
+    technique: str
+    batch_size: int
+    gradient_accumulation_steps: int
+    effective_batch_size: int
+    seq_len: int
+    precision: str
+    gradient_checkpointing: bool
+    optimizer: str
+    lora: dict | None  # {r, alpha, dropout, target_modules}
+    freeze_layers: int | None
+    estimate: dict  # Estimate.to_dict(): peak_gib, breakdown_gib, notes
+    fits: bool  # predicted peak <= safety x memory_gib
+    memory_gib: float  # memory per device it planned against
+    safety: float
+    max_batch_size: int  # largest micro-batch that fits (0: not even 1), before the caps
+    gpu: dict  # kind, name, memory_gib, bf16, count, source, cpu_cores, ram_gib, reason
+    reasons: list[dict]  # {rule, because, facts}
+    alternatives: list[dict]
+    search_space: dict
+    task: str
+    num_labels: int | None
+    warnings: list[str] = field(default_factory=list)
+    question: dict = field(default_factory=dict)
+    trust_remote_code: bool = False
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def spec(self) -> ModelSpec:
+        known = {f.name for f in fields(ModelSpec)}
+        return ModelSpec(**{k: v for k, v in self.model.items() if k in known})
+
+    @property
+    def peak_gib(self) -> float:
+        return float(self.estimate.get("peak_gib", 0.0))
+
+    def train_setup(self) -> TrainSetup:
+        """The TrainSetup this recommendation was estimated with."""
+        return _train_setup(self.technique, self.task, self.batch_size, self.seq_len, self.precision,
+                            self.gradient_checkpointing, self.optimizer,
+                            (self.lora or {}).get("r", 16), (self.lora or {}).get("target_modules", "all-linear"),
+                            self.freeze_layers, self.num_labels, "cpu" if self.gpu.get("kind") == "cpu" else "cuda")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recommendation":
+        """Read `to_dict()` output back (e.g. recommendation.json); unknown keys are ignored."""
+        if not isinstance(d, dict) or "model" not in d or "technique" not in d:
+            raise AutoftError("this is not an autoft recommendation (no model or technique)",
+                              "pass the output of `autoft advise --json`")
+        if int(d.get("schema_version", 1)) > SCHEMA_VERSION:
+            raise AutoftError(f"recommendation schema {d['schema_version']} is newer than this autoft "
+                              f"reads ({SCHEMA_VERSION})", "upgrade autoft")
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for f in fields(cls):
+            if f.name not in kw and f.default is MISSING and f.default_factory is MISSING:
+                raise AutoftError(f"recommendation has no {f.name!r}", "pass the output of `autoft advise --json`")
+        return cls(**kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+def _round_seq(n: int) -> int:
+    """Round a token count up: to a multiple of 8 up to 128, of 64 above (tensor-core friendly)."""
+    n = max(int(math.ceil(n)), 16)
+    step = 8 if n <= 128 else 64
+    return int(math.ceil(n / step) * step)
+
+
+def _train_setup(technique, task, batch, seq_len, precision, ckpt, optimizer, lora_r, targets,
+                 freeze_layers, num_labels, device) -> TrainSetup:
+    if isinstance(targets, list):
+        scope = "all-linear" if set(targets) & _MLP_MODULES else "attention"
+    else:
+        scope = "all-linear"
+    return TrainSetup(technique=technique, task=task, batch_size=max(1, int(batch)), seq_len=int(seq_len),
+                      precision=precision, gradient_checkpointing=bool(ckpt), optimizer=optimizer,
+                      lora_rank=int(lora_r), lora_targets=scope, freeze_layers=freeze_layers,
+                      num_labels=int(num_labels or 2), device=device)
+
+
+def _gib(b: float) -> float:
+    return round(b / GIB, 2)
+
+
+def _knows(language: str, languages: list[str]) -> bool:
+    langs = [x.lower() for x in languages]
+    return language in langs or "multi" in langs or (language == "multi" and len(langs) > 3)
+
+
+def _gpu_summary(hw: Hardware) -> dict:
+    g = hw.gpu
+    return {
+        "kind": hw.kind,
+        "name": g.name if g else "CPU",
+        "memory_gib": round(hw.memory_bytes / GIB, 2),
+        "bf16": bool(g.bf16) if g else False,
+        "count": len(hw.gpus) if hw.kind == "gpu" else 0,
+        "source": hw.source,
+        "cpu_cores": hw.cpu_cores,
+        "ram_gib": round(hw.ram_bytes / GIB, 1),
+        "reason": hw.reason,
+    }
+
+
+def _reason(rule: str, because: str, **facts: Any) -> dict:
+    return {"rule": rule, "because": because, "facts": facts}
+
+
+# ---------------------------------------------------------------------------------------------
+# One (model, technique) plan
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _Plan:
+    spec: ModelSpec
+    technique: str
+    setup: TrainSetup  # final micro-batch and checkpointing
+    outcome: Outcome  # setup-stage rules
+    est: Estimate
+    fits: bool
+    max_batch: int
+    accumulation: int
+    lora: dict | None
+    reasons: list[dict]
+    search_space: dict
+    effective: int = 0
+
+
+class _Advisor:
+    def __init__(self, q: Question, hw: Hardware, catalog: list[ModelSpec] | None,
+                 fixed_model: ModelSpec | None = None):
+        from autoft.advisor import memory
+
+        self.q, self.hw, self.mem = q, hw, memory
+        self.rules = load_rules()
+        self.catalog = catalog
+        self.warnings: list[str] = []
+        self.fixed_model = fixed_model
+        if q.task is not None:
+            self.task = q.task
+        elif fixed_model is not None and fixed_model.family == "decoder":
+            self.task = "generation"
+            self.warnings.append("task not given: assumed generation for a decoder model "
+                                 "(pass --task classification, or --data)")
+        else:
+            self.task = "classification"
+            self.warnings.append("task not given: assumed classification (pass --task generation, or --data)")
+        if fixed_model is not None and self.task == "generation" and fixed_model.family == "encoder":
+            raise AutoftError(f"{fixed_model.id} is an encoder: it cannot be fine-tuned to generate text",
+                              "pick a decoder model (--model), or use --task classification")
+        self.kind = hw.kind
+        self.safety = SAFETY[self.kind]
+        mem = hw.memory_bytes or (8 * GIB)
+        self.memory = int(mem)
+        self.budget = self.safety * self.memory
+        self.device = "cpu" if self.kind == "cpu" else "cuda"
+        self.gpus = max(1, len(hw.gpus)) if self.kind == "gpu" else 1
+        g = hw.gpu
+        self.base = {
+            "task": self.task, "domain": q.domain, "language": q.language, "data_size": q.data_size,
+            "num_labels": q.num_labels, "seq_len_p95": q.seq_len_p95, "seq_len_p99": q.seq_len_p99,
+            "hw_kind": self.kind, "gpu_name": g.name if g else None,
+            "gpu_count": len(hw.gpus) if self.kind == "gpu" else 0,
+            "gpu_bf16": bool(g.bf16) if g else False,
+            "memory_gib": nice(self.memory / GIB), "budget_gib": nice(self.budget / GIB),
+            "cpu_cores": hw.cpu_cores, "ram_gib": nice(hw.ram_bytes / GIB) if hw.ram_bytes else None,
+        }
+        self.seq_wanted, self.seq_reason = self._seq_wanted()
+
+    # -- facts -----------------------------------------------------------------------------------
+    def _seq_wanted(self) -> tuple[int, dict]:
+        q = self.q
+        if q.seq_len:
+            return q.seq_len, _reason("OVERRIDE", f"sequence length {q.seq_len} tokens (you set it)", seq_len=q.seq_len)
+        if q.seq_len_p99:
+            n, src = q.seq_len_p99, f"99% of your examples are at most {q.seq_len_p99} tokens"
+        elif q.seq_len_p95:
+            n, src = q.seq_len_p95, f"95% of your examples are at most {q.seq_len_p95} tokens"
+        else:
+            n = DEFAULT_SEQ_LEN[self.task]
+            src = f"example lengths unknown (no --data): {n} tokens, the default for {self.task}"
+        return _round_seq(n), _reason("SEQ-LEN", src + "; rounded up to a multiple of 8 (64 above 128)",
+                                      seq_len_p95=q.seq_len_p95, seq_len_p99=q.seq_len_p99)
+
+    def model_facts(self, spec: ModelSpec) -> dict:
+        f = dict(self.base)
+        seq = self.seq_wanted if self.q.seq_len else min(self.seq_wanted, spec.max_positions)
+        f.update({
+            "model": spec.id, "params": spec.params, "params_b": nice(spec.params / 1e9),
+            "family": spec.family, "model_type": spec.model_type,
+            "languages": list(spec.languages), "domains": list(spec.domains),
+            "knows_language": _knows(self.q.language, spec.languages),
+            "domain_match": self.q.domain in [d.lower() for d in spec.domains],
+            "gated": bool(spec.gated), "max_positions": spec.max_positions,
+            "seq_len_wanted": self.seq_wanted, "seq_len": seq,
+        })
+        return f
+
+    # -- setup of one technique -------------------------------------------------------------------
+    def _setup_for(self, spec: ModelSpec, facts: dict, technique: str) -> tuple[Outcome, dict]:
+        """Setup-stage rules for one technique, with the user's overrides on top."""
+        q = self.q
+        out = self.rules.run("setup", {**facts, "technique": technique})
+        v = out.values
+        lora_r = q.lora_rank or v.get("lora_r", 16)
+        freeze = None
+        if technique == "freeze":
+            freeze = q.freeze_layers if q.freeze_layers is not None else int(
+                min(spec.num_layers - 1, round(spec.num_layers * v.get("freeze_fraction", 0.75))))
+        choice = {
+            "precision": q.precision or v.get("precision", "fp32" if self.kind == "cpu" else "fp16"),
+            "optimizer": q.optimizer or v.get("optimizer", "adamw"),
+            "ckpt": q.gradient_checkpointing if q.gradient_checkpointing is not None
+            else bool(v.get("gradient_checkpointing", False)),
+            "lora_r": int(lora_r),
+            "targets": v.get("lora_targets", "all-linear"),
+            "freeze": freeze,
+            "seq_len": facts["seq_len"],
+        }
+        return out, choice
+
+    def _setup(self, technique: str, c: dict, batch: int, ckpt: bool | None = None,
+               seq_len: int | None = None) -> TrainSetup:
+        return _train_setup(technique, self.task, batch, seq_len or c["seq_len"], c["precision"],
+                            c["ckpt"] if ckpt is None else ckpt, c["optimizer"], c["lora_r"], c["targets"],
+                            c["freeze"], self.q.num_labels, self.device)
+
+    def _peak(self, spec: ModelSpec, setup: TrainSetup) -> Estimate:
+        return self.mem.estimate(spec, setup)
+
+    def _max_batch(self, spec: ModelSpec, setup: TrainSetup) -> int:
+        return self.mem.max_batch_size(spec, setup, self.memory, safety=self.safety, limit=MAX_BATCH_SEARCH)
+
+    def min_peak(self, spec: ModelSpec, technique: str, c: dict) -> Estimate | None:
+        """Lowest peak of a technique: batch 1, checkpointing on unless the user turned it off.
+        None when the technique cannot run here at all (the estimator refuses, e.g. QLoRA on CPU)."""
+        ckpt = self.q.gradient_checkpointing is not False
+        try:
+            return self._peak(spec, self._setup(technique, c, 1, ckpt=ckpt))
+        except AutoftError:
+            return None
+
+    # -- a full plan ----------------------------------------------------------------------------------
+    def plan(self, spec: ModelSpec, facts: dict, technique: str, out: Outcome, c: dict) -> _Plan:
+        q, v = self.q, out.values
+        reasons: list[dict] = []
+        eff_lo, eff_hi = v.get("effective_batch", [16, 32])
+        caps = [(int(v.get("max_micro_batch", 32)), out.by["max_micro_batch"].rule.id if "max_micro_batch" in out.by
+                 else "default"),
+                (int(eff_hi), out.by["effective_batch"].rule.id if "effective_batch" in out.by else "default")]
+        if q.data_size:
+            caps.append((max(1, q.data_size), "the data size"))
+        cap, cap_by = min(caps, key=lambda x: x[0])
+        ckpt = c["ckpt"]
+        ckpt_fixed = q.gradient_checkpointing is not None
+        if q.gradient_checkpointing is not None:
+            reasons.append(_reason("OVERRIDE", f"gradient checkpointing {'on' if ckpt else 'off'} (you set it)"))
+        else:
+            reasons += out.reason_for("gradient_checkpointing")
+        need = q.batch_size or 1  # the micro-batch that must fit: the user's, else 1
+        if not ckpt and not ckpt_fixed:
+            no = self._peak(spec, self._setup(technique, c, need, ckpt=False))
+            if no.peak_bytes > self.budget:
+                ckpt = True  # fits with it, or fits nowhere (then report the lowest peak)
+                if self._peak(spec, self._setup(technique, c, need, ckpt=True)).peak_bytes <= self.budget:
+                    by = out.by.get("gradient_checkpointing")
+                    reasons = [r for r in reasons if by is None or r["rule"] != by.rule.id]
+                    what = "even batch 1" if need == 1 else f"micro-batch {need}"
+                    reasons.append(_reason(
+                        "FIT-CKPT", f"gradient checkpointing on: without it {what} needs "
+                        f"{no.peak_gib:.1f} GiB, more than the {self.budget / GIB:.1f} GiB budget",
+                        peak_gib=round(no.peak_gib, 2), budget_gib=round(self.budget / GIB, 2)))
+        max_b = self._max_batch(spec, self._setup(technique, c, 1, ckpt=ckpt))
+        if q.batch_size:
+            batch = q.batch_size
+            reasons.append(_reason("OVERRIDE", f"micro-batch {batch} (you set it)", batch_size=batch))
+        else:
+            batch = max(1, min(max_b, cap))
+            cap_note = f"; capped at {batch} ({cap_by})" if max_b > batch else ""
+            reasons.append(_reason(
+                "FIT-BATCH", f"largest micro-batch under {int(self.safety * 100)}% of "
+                f"{self.memory / GIB:.1f} GiB is {max_b}{cap_note}",
+                max_batch_size=max_b, memory_gib=round(self.memory / GIB, 2), safety=self.safety))
+        if q.gradient_accumulation_steps:
+            acc = q.gradient_accumulation_steps
+        else:
+            acc = max(1, math.ceil(eff_lo / (batch * self.gpus)))
+            reasons += out.reason_for("effective_batch")
+        setup = self._setup(technique, c, batch, ckpt=ckpt)
+        est = self._peak(spec, setup)
+        fits = est.peak_bytes <= self.budget
+        for key in ("precision", "optimizer"):
+            if getattr(q, key):
+                reasons.append(_reason("OVERRIDE", f"{key} {getattr(q, key)} (you set it)"))
+            else:
+                reasons += out.reason_for(key)
+        lora = None
+        if technique in ("lora", "qlora"):
+            alpha = v.get("lora_alpha_ratio", 2) * c["lora_r"]
+            lora = {"r": c["lora_r"], "alpha": int(alpha) if float(alpha).is_integer() else alpha,
+                    "dropout": v.get("lora_dropout", 0.05), "target_modules": c["targets"]}
+            reasons += out.reason_for("lora_targets")
+            reasons += out.reason_for("lora_r") if not q.lora_rank else [
+                _reason("OVERRIDE", f"LoRA rank {q.lora_rank} (you set it)")]
+        if technique == "freeze":
+            reasons += out.reason_for("freeze_fraction") if q.freeze_layers is None else [
+                _reason("OVERRIDE", f"{q.freeze_layers} bottom layers frozen (you set it)")]
+        reasons += out.reason_for("lr_range")
+        space = self._search_space(technique, v)
+        return _Plan(spec=spec, technique=technique, setup=setup, outcome=out, est=est, fits=fits,
+                     max_batch=max_b, accumulation=acc, lora=lora, reasons=reasons, search_space=space,
+                     effective=batch * acc * self.gpus)
+
+    @staticmethod
+    def _search_space(technique: str, v: dict) -> dict:
+        s: dict[str, Any] = {"learning_rate": list(v.get("lr_range", [1e-5, 1e-4]))}
+        for key, name in (("search_weight_decay", "weight_decay"), ("search_warmup_ratio", "warmup_ratio")):
+            if key in v:
+                s[name] = list(v[key])
+        if technique in ("lora", "qlora"):
+            for key, name in (("search_lora_rank", "lora_rank"), ("search_lora_dropout", "lora_dropout")):
+                if key in v:
+                    s[name] = list(v[key])
+        if "search_layer_decay" in v:
+            s["layer_decay"] = list(v["search_layer_decay"])
+        return s
+
+    # -- technique choice for one model ---------------------------------------------------------------
+    def best_for_model(self, spec: ModelSpec, facts: dict) -> tuple[list[_Plan], list[dict], dict]:
+        """Plans for one model, best first (only fitting ones unless the technique is fixed), the
+        technique reasons, and the per-technique lowest peaks."""
+        setups = {t: self._setup_for(spec, facts, t) for t in TECHNIQUES}
+        peaks = {t: self.min_peak(spec, t, setups[t][1]) for t in TECHNIQUES}
+        tfacts = dict(facts)
+        for t in TECHNIQUES:
+            tfacts[f"fits_{t}"] = peaks[t] is not None and peaks[t].peak_bytes <= self.budget
+            tfacts[f"{t}_gib"] = round(peaks[t].peak_gib, 2) if peaks[t] is not None else None
+        out = self.rules.run("technique", tfacts)
+        reasons: list[dict] = []
+        if self.q.technique:
+            t = self.q.technique
+            reasons.append(_reason("OVERRIDE", f"technique {t} (you set it)", technique=t))
+            if t in out.forbid:
+                self.warnings.append(f"{out.forbid[t].rule.id}: " + out.forbid[t].reason()["because"])
+            out_s, c = setups[t]
+            plans = [self.plan(spec, facts, t, out_s, c)]
+            # alternatives: the other techniques the rules allow for this model, where they fit
+            for o, _ in out.prefer + [(x, None) for x in TECHNIQUES]:
+                if len(plans) >= 3:
+                    break
+                if o == t or o in out.forbid or not tfacts[f"fits_{o}"] or o in [p.technique for p in plans]:
+                    continue
+                alt = self.plan(spec, facts, o, *setups[o])
+                if alt.fits:
+                    plans.append(alt)
+            return plans, reasons, peaks
+        order: list[tuple[str, Any]] = []
+        for t, firing in out.prefer:
+            if t not in [o[0] for o in order]:
+                order.append((t, firing))
+        order += [(t, None) for t in TECHNIQUES if t not in [o[0] for o in order]]
+        plans, skipped = [], []
+        for t, firing in order:
+            if t in out.forbid or not tfacts[f"fits_{t}"]:
+                if not plans:
+                    skipped.append(t)
+                continue
+            out_s, c = setups[t]
+            p = self.plan(spec, facts, t, out_s, c)
+            if not plans:
+                for s in skipped:
+                    if s in out.forbid:
+                        reasons.append(out.forbid[s].reason())
+                    elif peaks[s] is not None:
+                        reasons.append(_reason(
+                            "FIT-TECH", f"{s} would need at least {peaks[s].peak_gib:.1f} GiB, more than "
+                            f"the {self.budget / GIB:.1f} GiB budget", technique=s,
+                            peak_gib=round(peaks[s].peak_gib, 2), budget_gib=round(self.budget / GIB, 2)))
+                if firing is not None:
+                    r = firing.reason()
+                    if r["rule"] not in [x["rule"] for x in reasons]:
+                        reasons.append(r)
+            plans.append(p)
+            if len(plans) >= 3:
+                break
+        # de-duplicate reasons by (rule, because)
+        seen, uniq = set(), []
+        for r in reasons:
+            k = (r["rule"], r["because"])
+            if k not in seen:
+                seen.add(k)
+                uniq.append(r)
+        return plans, uniq, peaks
+
+    # -- overrides that do not fit -------------------------------------------------------------------
+    def nearest(self, p: _Plan) -> tuple[str, float] | None:
+        """The nearest setting that fits, as CLI flags, and its peak in GiB (None when none does)."""
+        spec, s = p.spec, p.setup
+        # 1. smaller micro-batch, more accumulation (same effective batch)
+        if s.batch_size > 1:
+            b = self._max_batch(spec, replace(s, batch_size=1))
+            if b >= 1:
+                acc = math.ceil(s.batch_size * p.accumulation / b)
+                est = self._peak(spec, replace(s, batch_size=b))
+                return f"--batch-size {b} --gradient-accumulation-steps {acc}", est.peak_gib
+        # 2. gradient checkpointing
+        if not s.gradient_checkpointing:
+            est = self._peak(spec, replace(s, gradient_checkpointing=True))
+            if est.peak_bytes <= self.budget:
+                return "--gradient-checkpointing", est.peak_gib
+        # 3. LoRA instead of full / freeze (16-bit frozen weights, no optimizer states for them)
+        if p.technique in ("full", "freeze"):
+            t = replace(s, technique="lora", batch_size=1)
+            b = self._max_batch(spec, t)
+            if b >= 1:
+                b = min(b, s.batch_size)
+                est = self._peak(spec, replace(t, batch_size=b))
+                extra = f" --batch-size {b}" if self.q.batch_size else ""
+                ck = " --gradient-checkpointing" if t.gradient_checkpointing else ""
+                return f"--technique lora{ck}{extra}", est.peak_gib
+        # 4. QLoRA (4-bit weights) instead of full / freeze / LoRA
+        if p.technique != "qlora" and self.kind == "gpu":
+            q = replace(s, technique="qlora", gradient_checkpointing=True, batch_size=1,
+                        optimizer="paged-adamw-8bit" if self.q.optimizer is None else s.optimizer)
+            b = self._max_batch(spec, q)
+            if b >= 1:
+                b = min(b, s.batch_size)
+                est = self._peak(spec, replace(q, batch_size=b))
+                extra = f" --batch-size {b}" if self.q.batch_size else ""
+                return f"--technique qlora --gradient-checkpointing{extra}", est.peak_gib
+        # 5. shorter sequences
+        L = s.seq_len
+        while L > 64:
+            L = max(64, _round_seq(L // 2))
+            t = replace(s, seq_len=L, batch_size=1, gradient_checkpointing=True)
+            est = self._peak(spec, t)
+            if est.peak_bytes <= self.budget:
+                return f"--seq-len {L} --batch-size 1 --gradient-checkpointing", est.peak_gib
+        return None
+
+    # -- the whole recommendation -------------------------------------------------------------------
+    def run(self) -> Recommendation:
+        q = self.q
+        override_model = q.model is not None
+        if override_model:
+            from autoft.advisor.catalog import resolve_model
+
+            candidates = [self.fixed_model or resolve_model(q.model, trust_remote_code=q.trust_remote_code)]
+        else:
+            if self.catalog is None:
+                from autoft.advisor.catalog import load_catalog
+
+                self.catalog = load_catalog()
+            candidates = list(self.catalog)
+        scored = []
+        for i, spec in enumerate(candidates):
+            facts = self.model_facts(spec)
+            out = self.rules.run("model", facts)
+            if out.rejected and not override_model:
+                continue
+            if override_model:
+                for r in out.rejected:
+                    self.warnings.append(f"{r.rule.id}: " + r.reason()["because"])
+            scored.append((out.score, spec.downloads or 0, -i, spec, facts, out))
+        if not scored:
+            raise AutoftError(f"no model in the catalog suits a {self.task} task on {self.hw.kind}",
+                              "pass --model, or plan for a GPU with --gpu NAME")
+        scored.sort(key=lambda x: (x[0], x[1], x[2]), reverse=True)
+
+        winner = None  # (plans, technique reasons, model outcome, score, facts)
+        others: list[tuple[_Plan, float]] = []
+        considered = 0
+        for score, _, _, spec, facts, out in scored:
+            considered += 1
+            plans, treasons, peaks = self.best_for_model(spec, facts)
+            if not plans:
+                continue
+            if winner is None:
+                winner = (plans, treasons, out, score, facts, peaks)
+            else:
+                others.append((plans[0], score))
+                if len(others) >= 2:
+                    break
+        if winner is None:
+            smallest = min(scored, key=lambda x: x[3].params)[3]
+            raise AutoftError(
+                f"no model and technique fits {self.budget / GIB:.1f} GiB ({int(self.safety * 100)}% of "
+                f"{self.memory / GIB:.1f} GiB on {_gpu_summary(self.hw)['name']}); the smallest candidate is "
+                f"{smallest.id}", "plan for a bigger GPU (--gpu NAME or --gpu-memory SIZE) or a shorter --seq-len")
+        plans, treasons, mout, score, facts, peaks = winner
+        best = plans[0]
+
+        reasons: list[dict] = []
+        if override_model:
+            reasons.append(_reason("OVERRIDE", f"model {best.spec.id} (you set it)", model=best.spec.id))
+        else:
+            nxt = others[0] if others else None
+            rank = (f"{best.spec.id} ranks first (score {score:g}) of {len(scored)} candidate models that "
+                    f"suit the task and hardware")
+            if nxt:
+                rank += f"; next: {nxt[0].spec.id} (score {nxt[1]:g})"
+            reasons.append(_reason("MODEL-RANK", rank, score=score, candidates=len(scored)))
+            reasons += [f.reason() for f in mout.firings]
+        reasons += treasons
+        reasons.append(self.seq_reason)
+        reasons += best.reasons
+        if q.seq_len and q.seq_len > best.spec.max_positions:
+            self.warnings.append(f"--seq-len {q.seq_len} is longer than {best.spec.id} reads "
+                                 f"({best.spec.max_positions} tokens): training will fail or extrapolate")
+        if facts["seq_len"] < self.seq_wanted and not q.seq_len:
+            self.warnings.append(f"the data asks for {self.seq_wanted} tokens; {best.spec.id} reads at most "
+                                 f"{best.spec.max_positions}, so longer examples are truncated")
+        for w in best.outcome.warnings:
+            self.warnings.append(f"{w.rule.id}: " + w.reason()["because"])
+
+        if not best.fits:
+            near = self.nearest(best)
+            what = (f"{best.spec.id} with {best.technique}, micro-batch {best.setup.batch_size} x "
+                    f"{best.setup.seq_len} tokens{', checkpointing' if best.setup.gradient_checkpointing else ''} "
+                    f"needs {best.est.peak_gib:.1f} GiB, more than the {self.budget / GIB:.1f} GiB budget "
+                    f"({int(self.safety * 100)}% of {self.memory / GIB:.1f} GiB on {_gpu_summary(self.hw)['name']})")
+            if near:
+                fix = f"nearest setting that fits: {near[0]} ({near[1]:.1f} GiB)"
+            else:
+                fix = "no nearby setting fits: plan for a bigger GPU (--gpu-memory) or a smaller --model"
+            if not q.force:
+                raise AutoftError(what, fix + "; or pass --force to keep your setting")
+            self.warnings.append(f"does not fit: {what}; {fix}")
+            reasons.append(_reason("OVERRIDE", "kept although it does not fit (--force)"))
+
+        alts: list[dict] = []
+        same_model = [(p, f"same model with {p.technique}") for p in plans[1:]]
+        other_models = [(p, f"next-ranked model (score {s:g})") for p, s in others]
+        for group in ([other_models[:1], same_model[:1], other_models[1:2], same_model[1:2]]):
+            for p, note in group:
+                if len(alts) < 3:
+                    alts.append(self._short(p, note))
+        # an override that blocks the advisor's own choice: offer the unfixed plan as an alternative
+        return self._recommendation(best, reasons, alts)
+
+    def _short(self, p: _Plan, note: str) -> dict:
+        return {
+            "model": p.spec.to_dict(), "technique": p.technique, "batch_size": p.setup.batch_size,
+            "gradient_accumulation_steps": p.accumulation, "effective_batch_size": p.effective,
+            "seq_len": p.setup.seq_len, "precision": p.setup.precision,
+            "gradient_checkpointing": p.setup.gradient_checkpointing, "optimizer": p.setup.optimizer,
+            "lora": p.lora, "freeze_layers": p.setup.freeze_layers if p.technique == "freeze" else None,
+            "estimate": _est_dict(p.est), "fits": p.fits, "max_batch_size": p.max_batch,
+            "search_space": p.search_space, "note": note,
+        }
+
+    def _recommendation(self, p: _Plan, reasons: list[dict], alts: list[dict]) -> Recommendation:
+        return Recommendation(
+            model=p.spec.to_dict(), technique=p.technique, batch_size=p.setup.batch_size,
+            gradient_accumulation_steps=p.accumulation, effective_batch_size=p.effective,
+            seq_len=p.setup.seq_len, precision=p.setup.precision,
+            gradient_checkpointing=p.setup.gradient_checkpointing, optimizer=p.setup.optimizer,
+            lora=p.lora, freeze_layers=p.setup.freeze_layers if p.technique == "freeze" else None,
+            estimate=_est_dict(p.est), fits=p.fits, memory_gib=round(self.memory / GIB, 2),
+            safety=self.safety, max_batch_size=p.max_batch, gpu=_gpu_summary(self.hw),
+            reasons=reasons, alternatives=alts, search_space=p.search_space, task=self.task,
+            num_labels=self.q.num_labels, warnings=list(dict.fromkeys(self.warnings)),
+            question=self.q.to_dict(), trust_remote_code=self.q.trust_remote_code)
+
+
+def _est_dict(est: Estimate) -> dict:
+    d = est.to_dict()
+    return {"peak_gib": d["peak_gib"], "breakdown_gib": d["breakdown_gib"], "notes": d.get("notes", [])}
+
+
+def advise(question: Question, hardware: Hardware | None = None, catalog: list[ModelSpec] | None = None
+           ) -> Recommendation:
+    """Recommend a model, technique and setup for `question` on `hardware` (planned from the
+    question's --gpu/--gpu-memory/--gpus when None), choosing among `catalog` (rules/models.toml
+    when None). Raises AutoftError when nothing fits, or when an override does not fit and
+    question.force is off."""
+    if hardware is None:
+        from autoft.advisor.hardware import plan_hardware
+
+        hardware = plan_hardware(question.gpu, question.gpu_memory, question.gpus)
+    fixed = None
+    if question.model is not None:
+        from autoft.advisor.catalog import resolve_model
+
+        fixed = resolve_model(question.model, trust_remote_code=question.trust_remote_code)
+    return _Advisor(question, hardware, catalog, fixed).run()
