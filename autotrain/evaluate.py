@@ -1,0 +1,58 @@
+"""Metrics: classification (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix),
+the majority-class baseline, and perplexity. Pure functions on plain lists (scikit-learn, no torch)."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Sequence
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict:
+    """y_true/y_pred are class ids into `labels`. Returns {accuracy, macro_f1, per_class
+    {label: {precision, recall, f1, support}}, confusion_matrix (rows true, cols predicted),
+    labels, examples}. Classes absent from both count as 0 in macro-F1 only if present in y_true."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    ids = list(range(len(labels)))
+    y_true, y_pred = list(map(int, y_true)), list(map(int, y_pred))
+    if not y_true:
+        return {"accuracy": None, "macro_f1": None, "per_class": {}, "confusion_matrix": [],
+                "labels": list(labels), "examples": 0}
+    # Macro-F1 over the classes that occur in the truth or the predictions (sklearn's default),
+    # so a 77-class model evaluated on a 20-example slice is not scored on 57 absent classes.
+    present = sorted(set(y_true) | set(y_pred))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "per_class": {labels[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                                  "support": int(s[i])} for i in ids},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
+        "labels": list(labels),
+        "examples": len(y_true),
+    }
+
+
+def majority_class(train_labels: Sequence[int]) -> int:
+    """The most frequent class id (ties: the smallest id, so the choice is deterministic)."""
+    if not train_labels:
+        raise ValueError("no training labels")
+    counts = Counter(int(x) for x in train_labels)
+    return min(counts, key=lambda k: (-counts[k], k))
+
+
+def majority_baseline(train_labels: Sequence[int], y_true: Sequence[int], labels: Sequence[str]) -> dict:
+    """Predict the train split's majority class for every example: the floor a model must beat."""
+    m = majority_class(train_labels)
+    out = classification_metrics(y_true, [m] * len(y_true), labels)
+    out["loss"] = None
+    out["majority_label"] = labels[m]
+    return out
+
+
+def perplexity(mean_token_loss: float) -> float:
+    """exp(mean cross-entropy per token, in nats); inf when it overflows."""
+    try:
+        return math.exp(mean_token_loss)
+    except OverflowError:
+        return float("inf")

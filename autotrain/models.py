@@ -1,0 +1,149 @@
+"""Loading a model and its tokenizer for a task and technique.
+
+`source` is a Hub id (read from the local cache only when HF_HUB_OFFLINE=1), a local model folder,
+or a `.gguf` file (transformers dequantises it; the tokenizer comes from the same file).
+Classification gets AutoModelForSequenceClassification with the label mapping; generation
+AutoModelForCausalLM. SDPA attention where the architecture supports it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from autoft.errors import AutoftError
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_source(source: str | os.PathLike) -> tuple[str, dict]:
+    """(path or id to pass to from_pretrained, extra kwargs). A .gguf file becomes its folder plus
+    gguf_file=name; a Hub id gets local_files_only when offline. Raises AutoftError for a missing
+    local path."""
+    s = str(source)
+    p = Path(s).expanduser()
+    if s.lower().endswith(".gguf"):
+        if not p.is_file():
+            raise AutoftError(f"GGUF file {s} does not exist", "check the path given to --model")
+        return str(p.parent.resolve()), {"gguf_file": p.name}
+    if p.exists():
+        if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+            raise AutoftError(f"{s} has no config.json", "point --model at a model folder, a .gguf file or a Hub id")
+        return str(p.resolve()), {}
+    if s.startswith((".", "/", "~")) or s.count("/") > 1:
+        raise AutoftError(f"model path {s} does not exist", "check the path given to --model")
+    return s, ({"local_files_only": True} if _offline() else {})
+
+
+def _not_available(source: str, err: Exception) -> AutoftError:
+    if _offline():
+        return AutoftError(f"model {source} is not in the local Hugging Face cache ({type(err).__name__})",
+                           "download it first with `hf download " + source + "` while online, or unset HF_HUB_OFFLINE")
+    return AutoftError(f"cannot load model {source}: {str(err).splitlines()[0][:200]}",
+                       "check the model id or path, and your network or Hub token")
+
+
+def load_tokenizer(source: str | os.PathLike, *, trust_remote_code: bool = False):
+    """The source's tokenizer, with a pad token (eos when it has none) and right padding."""
+    from transformers import AutoTokenizer
+
+    path, kw = resolve_source(source)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kw)
+    except (OSError, ValueError) as e:
+        raise _not_available(str(source), e) from e
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise AutoftError(f"the tokenizer of {source} has neither a pad nor an eos token",
+                              "use a model whose tokenizer defines one")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+class _quiet_loading:
+    """Silence transformers' per-load progress bars and load reports (the new head's "MISSING"
+    weights are expected here), restoring the previous settings afterwards."""
+
+    def __enter__(self):
+        from transformers.utils import logging as tlog
+
+        self._level = tlog.get_verbosity()
+        self._bars = tlog.is_progress_bar_enabled()
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity(self._level)
+        if self._bars:
+            tlog.enable_progress_bar()
+        return False
+
+
+def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: int | None = None,
+                             label_names: list[str] | None = None, precision: str = "fp32",
+                             device: str = "cpu", trust_remote_code: bool = False, quantization=None):
+    """Load (model, tokenizer), unwrapped (techniques are applied by the caller).
+
+    Weights: fp32 for full/freeze (the trained weights are the fp32 master copy; bf16/fp16 run
+    under autocast); for lora the frozen base is stored in `precision`; for qlora the base is
+    4-bit NF4 (`quantization`, default `techniques.qlora.quantization_config(precision)`)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task not in ("classification", "generation"):
+        raise AutoftError(f"unknown task {task!r}", "use classification or generation")
+    if precision not in DTYPES:
+        raise AutoftError(f"unknown precision {precision!r}", "use fp32, bf16 or fp16")
+    tok = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    path, kw = resolve_source(source)
+    kw["trust_remote_code"] = trust_remote_code
+    dtype = torch.float32
+    if technique == "lora" and precision != "fp32":
+        dtype = getattr(torch, DTYPES[precision])
+    if technique == "qlora":
+        if quantization is None:
+            from autoft.autotrain.techniques.qlora import quantization_config
+            quantization = quantization_config(precision)
+        kw["quantization_config"] = quantization
+        kw["device_map"] = {"": device}
+    try:
+        config = AutoConfig.from_pretrained(path, **{k: v for k, v in kw.items() if k in (
+            "gguf_file", "local_files_only", "trust_remote_code")})
+    except (OSError, ValueError) as e:
+        raise _not_available(str(source), e) from e
+    if task == "classification":
+        if label_names:
+            num_labels = len(label_names)
+        if not num_labels or num_labels < 2:
+            raise AutoftError("classification needs at least 2 labels", "check the data's label column")
+        names = list(label_names) if label_names else [f"LABEL_{i}" for i in range(num_labels)]
+        extra = {"num_labels": num_labels, "id2label": dict(enumerate(names)),
+                 "label2id": {n: i for i, n in enumerate(names)}}
+        if getattr(config, "pad_token_id", None) is None:
+            extra["pad_token_id"] = tok.pad_token_id  # decoder classifiers find the last token by it
+        cls = AutoModelForSequenceClassification
+    else:
+        extra, cls = {}, AutoModelForCausalLM
+    try:
+        with _quiet_loading():
+            model = cls.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", **extra, **kw)
+    except ValueError as e:
+        if "sdpa" not in str(e).lower() and "attention" not in str(e).lower():
+            raise AutoftError(f"cannot load {source} for {task}: {str(e).splitlines()[0][:200]}",
+                              "pick a model whose architecture supports this task") from e
+        with _quiet_loading():
+            model = cls.from_pretrained(path, dtype=dtype, **extra, **kw)  # no SDPA for this architecture
+    except OSError as e:
+        raise _not_available(str(source), e) from e
+    if task == "classification" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    if technique != "qlora":
+        model.to(device)
+    return model, tok

@@ -1,0 +1,182 @@
+"""Turning records into token tensors, per task family.
+
+Classification: {"text", "label"} -> input_ids truncated to seq_len + a label id.
+Generation: {"messages": [...]} -> the tokenizer's chat template when it has one, else a plain
+prompt template; labels are -100 on the prompt tokens so the loss covers the response only.
+Batches are padded dynamically (to the longest example in the batch). The sampler orders examples
+per epoch from the seed, grouping similar lengths (sorted within mega-chunks) so padding is small.
+"""
+from __future__ import annotations
+
+import random
+from typing import Iterable, Sequence
+
+from autoft.errors import AutoftError
+
+IGNORE = -100
+PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
+MEGA_CHUNK = 256  # examples sorted by length together (independent of the micro-batch size)
+
+
+# -- classification ---------------------------------------------------------------------------
+def encode_classification(records: Sequence[dict], tokenizer, seq_len: int,
+                          label_names: Sequence[str]) -> list[dict]:
+    """[{input_ids, label}] with truncation to seq_len. Unknown labels are an AutoftError."""
+    index = {str(n): i for i, n in enumerate(label_names)}
+    texts = [str(r["text"]) for r in records]
+    enc = tokenizer(texts, truncation=True, max_length=seq_len, add_special_tokens=True)
+    out = []
+    for r, ids in zip(records, enc["input_ids"]):
+        lab = str(r["label"])
+        if lab not in index:
+            raise AutoftError(f"label {lab!r} is not one of the {len(index)} known labels",
+                              "make every split use the training split's labels")
+        out.append({"input_ids": ids, "label": index[lab]})
+    return out
+
+
+# -- generation -------------------------------------------------------------------------------
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def split_messages(messages: Sequence[dict]) -> tuple[list[dict], str]:
+    """(prompt messages, final assistant reply). The last message must be the assistant's."""
+    if not messages or messages[-1].get("role") != "assistant":
+        raise AutoftError("a generation example must end with an assistant message",
+                          "give each example a response (output column)")
+    return list(messages[:-1]), str(messages[-1]["content"])
+
+
+def prompt_text(tokenizer, prompt_messages: Sequence[dict]) -> tuple[str, bool]:
+    """The prompt as text and whether it came from the chat template (which then carries its own
+    special tokens)."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(list(prompt_messages), tokenize=False,
+                                             add_generation_prompt=True), True
+    parts = [str(m["content"]) for m in prompt_messages if m.get("role") != "system"]
+    system = [str(m["content"]) for m in prompt_messages if m.get("role") == "system"]
+    text = PROMPT_TEMPLATE.format(instruction="\n\n".join(parts))
+    return ("\n".join(system) + "\n\n" + text) if system else text, False
+
+
+def prompt_ids(tokenizer, prompt_messages: Sequence[dict]) -> list[int]:
+    """Token ids of a prompt exactly as training saw them (used by generation too)."""
+    text, templated = prompt_text(tokenizer, prompt_messages)
+    return tokenizer(text, add_special_tokens=not templated)["input_ids"]
+
+
+def encode_generation(records: Sequence[dict], tokenizer, seq_len: int) -> list[dict]:
+    """[{input_ids, labels}]: prompt tokens then response tokens (+ eos); labels -100 on the
+    prompt. Prompt and response are tokenised separately and concatenated, which is exactly what
+    generation does (prompt ids, then the model continues). Too long: the prompt loses its start
+    and the response its end, keeping at least a quarter of seq_len for the response."""
+    out = []
+    eos = tokenizer.eos_token or ""
+    for r in records:
+        msgs, reply = split_messages(r["messages"])
+        p = prompt_ids(tokenizer, msgs)
+        if has_chat_template(tokenizer):
+            full = tokenizer.apply_chat_template(list(r["messages"]), tokenize=False)
+            ptxt, _ = prompt_text(tokenizer, msgs)
+            resp_text = full[len(ptxt):] if full.startswith(ptxt) else reply + eos
+        else:
+            resp_text = reply + eos
+        resp = tokenizer(resp_text, add_special_tokens=False)["input_ids"]
+        if len(p) + len(resp) > seq_len:
+            keep_resp = min(len(resp), max(seq_len - len(p), seq_len // 4))
+            keep_prompt = seq_len - keep_resp
+            p = p[len(p) - keep_prompt:] if keep_prompt > 0 else []
+            resp = resp[:keep_resp]
+        out.append({"input_ids": p + resp, "labels": [IGNORE] * len(p) + resp})
+    return out
+
+
+def pack(examples: Sequence[dict], seq_len: int, seed: int) -> list[dict]:
+    """Concatenate (seeded order) examples into blocks of exactly seq_len tokens (the last,
+    shorter block is dropped unless it is the only one). Attention crosses example boundaries,
+    as in TRL's ConstantLengthDataset; the loss mask of each example is kept."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    ids, labels, blocks = [], [], []
+    for i in order:
+        ids += examples[i]["input_ids"]
+        labels += examples[i]["labels"]
+        while len(ids) >= seq_len:
+            blocks.append({"input_ids": ids[:seq_len], "labels": labels[:seq_len]})
+            ids, labels = ids[seq_len:], labels[seq_len:]
+    if not blocks and ids:
+        blocks.append({"input_ids": ids, "labels": labels})
+    return blocks
+
+
+# -- order and batches ------------------------------------------------------------------------
+def epoch_order(lengths: Sequence[int], seed: int, epoch: int, group_by_length: bool = True) -> list[int]:
+    """Example indices for one epoch: a seeded permutation, then (length grouping) each chunk of
+    MEGA_CHUNK examples sorted by length, longest first, so consecutive micro-batches hold
+    similar lengths whatever the micro-batch size. The longest chunk-head comes first overall,
+    so running out of memory shows up at the first step, not late in the epoch."""
+    order = list(range(len(lengths)))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    if not group_by_length:
+        return order
+    chunks = [sorted(order[i:i + MEGA_CHUNK], key=lambda j: -lengths[j])
+              for i in range(0, len(order), MEGA_CHUNK)]
+    if chunks:
+        longest = max(range(len(chunks)), key=lambda c: lengths[chunks[c][0]])
+        chunks.insert(0, chunks.pop(longest))
+    return [j for c in chunks for j in c]
+
+
+class ExampleStream:
+    """An endless, deterministic stream of example indices over epochs; `position` (examples
+    consumed so far) is all that a checkpoint needs to resume it."""
+
+    def __init__(self, lengths: Sequence[int], seed: int, group_by_length: bool = True):
+        if not lengths:
+            raise AutoftError("the training split is empty", "give the trainer some training examples")
+        self.lengths, self.seed, self.group = list(lengths), seed, group_by_length
+        self.position = 0
+        self._epoch, self._order = -1, []
+
+    @property
+    def epoch(self) -> float:
+        return self.position / len(self.lengths)
+
+    def take(self, n: int) -> list[int]:
+        out = []
+        n_ex = len(self.lengths)
+        while len(out) < n:
+            e, i = divmod(self.position, n_ex)
+            if e != self._epoch:
+                self._epoch, self._order = e, epoch_order(self.lengths, self.seed, e, self.group)
+            k = min(n - len(out), n_ex - i)
+            out += self._order[i:i + k]
+            self.position += k
+        return out
+
+
+def collate(examples: Iterable[dict], pad_id: int, task: str) -> dict:
+    """Pad to the longest example (right padding). Returns CPU tensors: input_ids,
+    attention_mask, labels (class ids, or token labels with -100) and `num_tokens` (an int: real,
+    non-pad tokens, for throughput, computed here on the CPU without a device sync)."""
+    import torch
+
+    examples = list(examples)
+    width = max(len(e["input_ids"]) for e in examples)
+    n = len(examples)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    if task == "classification":
+        labels = torch.tensor([e["label"] for e in examples], dtype=torch.long)
+    else:
+        labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    tokens = 0
+    for i, e in enumerate(examples):
+        L = len(e["input_ids"])
+        ids[i, :L] = torch.tensor(e["input_ids"], dtype=torch.long)
+        mask[i, :L] = 1
+        if task != "classification":
+            labels[i, :L] = torch.tensor(e["labels"], dtype=torch.long)
+        tokens += L
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "num_tokens": tokens}

@@ -1,0 +1,81 @@
+"""Shared pieces of the techniques: finding the transformer block list, the head, and building
+optimizer parameter groups (no weight decay on biases and norms; optional layer-wise LR decay)."""
+from __future__ import annotations
+
+from dataclasses import fields
+
+import torch
+from torch import nn
+
+from autoft.errors import AutoftError
+
+HEAD_NAMES = ("classifier", "score")  # sequence-classification heads (BERT-style, decoder-style)
+
+
+def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The list of transformer blocks: BERT-style `encoder.layer`, Llama-style `model.layers`,
+    GPT-2-style `transformer.h`, ... found generically as the largest nn.ModuleList (by parameter
+    count) of identical blocks. Returns (qualified name, the ModuleList)."""
+    best, best_n = None, -1
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and len({type(m) for m in mod}) == 1:
+            n = sum(p.numel() for p in mod.parameters())
+            if n > best_n:
+                best, best_n = (name, mod), n
+    if best is None:
+        raise AutoftError(f"cannot find the transformer layers of {type(model).__name__}",
+                          "use --technique full or lora for this model")
+    return best
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """Names of the classification head modules the model has (classifier / score)."""
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    return [h for h in HEAD_NAMES if h in names]
+
+
+def layer_index(param_name: str, layers_name: str) -> int | None:
+    """Block index of a parameter under the layer list `layers_name` (None if not in a block)."""
+    marker = layers_name + "."
+    i = param_name.find(marker)
+    if i < 0:
+        return None
+    rest = param_name[i + len(marker):]
+    head = rest.split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _no_decay(name: str, p: torch.Tensor) -> bool:
+    return p.ndim < 2 or name.endswith(".bias") or "norm" in name.lower()
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float,
+                     layer_decay: float = 1.0) -> list[dict]:
+    """AdamW parameter groups over the trainable parameters. Weight decay skips biases and norms.
+    With layer_decay < 1, block i of L gets lr * layer_decay ** (L - i) (the top block
+    lr * layer_decay, the bottom ones less); the head and final norm keep lr; embeddings get the
+    smallest factor, layer_decay ** (L + 1)."""
+    layers_name, layers = (None, None)
+    if layer_decay != 1.0:
+        layers_name, layers = find_layers(model)
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        scale = 1.0
+        if layers is not None:
+            i = layer_index(name, layers_name)
+            if i is not None:
+                scale = layer_decay ** (len(layers) - i)
+            elif "embed" in name:
+                scale = layer_decay ** (len(layers) + 1)
+        wd = 0.0 if _no_decay(name, p) else weight_decay
+        groups.setdefault((lr * scale, wd), []).append(p)
+    return [{"params": ps, "lr": glr, "initial_lr": glr, "weight_decay": wd}
+            for (glr, wd), ps in groups.items()]
+
+
+def config_from_hparams(config_cls, hparams: dict):
+    """Build a technique config from the hparams keys that name its fields (others ignored)."""
+    names = {f.name for f in fields(config_cls)}
+    return config_cls(**{k: v for k, v in hparams.items() if k in names})

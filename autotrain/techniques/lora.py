@@ -1,0 +1,68 @@
+"""LoRA (peft): the base weights stay frozen; low-rank adapters of rank r are trained on the
+targeted linear layers. For classification the new head (classifier / score) trains in full
+(`modules_to_save`), since a frozen random head cannot learn."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from autoft.autotrain.techniques.common import head_names, parameter_groups
+from autoft.errors import AutoftError
+
+NAME = "lora"
+HELP = "train low-rank adapters (peft); the base model stays frozen"
+DEFAULT_LR = 2e-4
+TARGETS = ("all-linear", "attention")
+
+
+@dataclass
+class LoraConfig:
+    lora_r: int = field(default=16, metadata={"help": "adapter rank r (8, 16 or 64 are typical)"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "scaling alpha (default 2 x r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the adapter input (0-0.1)"})
+    lora_targets: str = field(default="all-linear", metadata={
+        "help": "all-linear (every linear layer but the output) or attention (the model type's attention projections)"})
+
+    def __post_init__(self) -> None:
+        self.lora_r = int(self.lora_r)
+        if self.lora_r < 1:
+            raise AutoftError(f"LoRA rank must be at least 1, got {self.lora_r}", "use 8, 16 or 64")
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_r
+        if self.lora_alpha <= 0:
+            raise AutoftError(f"lora_alpha must be positive, got {self.lora_alpha}", "use 2 x rank")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise AutoftError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}", "use 0, 0.05 or 0.1")
+        if self.lora_targets not in TARGETS:
+            raise AutoftError(f"unknown LoRA targets {self.lora_targets!r}", "use all-linear or attention")
+
+
+def target_modules(model_type: str, targets: str):
+    """peft target_modules for a model type: "all-linear", or the model type's attention
+    projections from peft's own table (falling back to all-linear for unknown types)."""
+    if targets == "attention":
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as table
+        if model_type in table:
+            return list(table[model_type])
+    return "all-linear"
+
+
+def peft_config(model, config: LoraConfig, task: str):
+    from peft import LoraConfig as PeftLoraConfig, TaskType
+
+    heads = head_names(model) if task == "classification" else []
+    return PeftLoraConfig(
+        task_type=TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM,
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=target_modules(getattr(model.config, "model_type", ""), config.lora_targets),
+        modules_to_save=heads or None,
+    )
+
+
+def apply(model, config: LoraConfig, task: str):
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config(model, config, task))
+
+
+def trainable_parameter_groups(model, config: LoraConfig, lr: float, weight_decay: float = 0.0) -> list[dict]:
+    return parameter_groups(model, lr, weight_decay)

@@ -1,0 +1,47 @@
+"""QLoRA: the base weights are stored in 4-bit NF4 with double quantisation (bitsandbytes),
+computed in the training precision; peft's k-bit preparation upcasts the remaining (norms,
+embeddings, head) weights to fp32; then LoRA adapters train as in `lora`. The classification
+head and the LM head are never quantised. bitsandbytes >= 0.45 also runs this on the CPU."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoft.autotrain.techniques import lora
+from autoft.autotrain.techniques.common import parameter_groups
+
+NAME = "qlora"
+HELP = "LoRA on a 4-bit NF4 base model (bitsandbytes): least memory for the weights"
+DEFAULT_LR = 2e-4
+CLIP_NORM = 0.3  # the QLoRA paper's max grad norm
+# Modules that stay in full precision: the heads (new or tied) and BERT's pooler.
+SKIP_MODULES = ["classifier", "score", "lm_head", "pooler"]
+
+
+@dataclass
+class QLoraConfig(lora.LoraConfig):
+    """Same knobs as LoRA; the 4-bit compute dtype follows the Trial's precision."""
+
+
+def quantization_config(precision: str):
+    """transformers BitsAndBytesConfig: NF4, double quantisation, compute in `precision`."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
+                              llm_int8_skip_modules=list(SKIP_MODULES))
+
+
+def apply(model, config: QLoraConfig, task: str, gradient_checkpointing: bool = False):
+    from peft import prepare_model_for_kbit_training
+
+    # peft turns gradient checkpointing on by default here; the Trial decides, so say it explicitly.
+    model = prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None)
+    return lora.apply(model, config, task)
+
+
+def trainable_parameter_groups(model, config: QLoraConfig, lr: float, weight_decay: float = 0.0) -> list[dict]:
+    return parameter_groups(model, lr, weight_decay)
