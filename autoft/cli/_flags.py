@@ -30,7 +30,9 @@ def add_question_flags(parser: argparse.ArgumentParser, groups=("situation", "ha
                 kw["action"] = argparse.BooleanOptionalAction if f.type == "bool | None" else "store_true"
                 kw["default"] = f.default
             else:
-                kw["default"] = None if f.default is None else f.default
+                # None everywhere: "not given on the command line", so that data-derived facts
+                # (language, task, ...) can fill it; Question applies its own defaults after.
+                kw["default"] = None
                 if "int" in f.type:
                     kw["type"] = _int
                 if md.get("choices"):
@@ -41,6 +43,7 @@ def add_question_flags(parser: argparse.ArgumentParser, groups=("situation", "ha
 
 
 def question_from_args(args: argparse.Namespace, **extra) -> Question:
-    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(Question) if hasattr(args, f.name)}
-    kw.update(extra)
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(Question)
+          if getattr(args, f.name, None) is not None}
+    kw.update({k: v for k, v in extra.items() if v is not None})
     return Question(**kw)

@@ -1,0 +1,123 @@
+"""The model card: README.md with Hub metadata (YAML front matter) next to the saved model.
+
+Metadata through huggingface_hub's `ModelCardData` (the Hub's own schema): base_model,
+library_name (peft for an adapter, transformers for full weights), tags, datasets, metrics,
+pipeline_tag and a model-index with the test results. `base_model` and `datasets` must be Hub
+ids: a local path is left out of the metadata (and named in the text instead), so that the Hub
+does not reject the card.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_id(name: str | None) -> str | None:
+    """`name` when it reads as a Hub id (owner/name) and is not a local path, else None."""
+    if not name or os.path.exists(name) or not _HUB_ID.match(name):
+        return None
+    return name
+
+
+def base_model_id(model: str) -> str | None:
+    """The Hub id of the base model: the id itself, or for a local folder the `_name_or_path`
+    its config.json records when that is a Hub id."""
+    hid = hub_id(model)
+    if hid:
+        return hid
+    try:  # the packaged demo model knows its own Hub id
+        from autoft.autotrain.demo import DEMO_MODEL, demo_model_path  # noqa: PLC0415
+
+        if Path(model).resolve() == Path(demo_model_path()).resolve():
+            return DEMO_MODEL
+    except Exception:  # noqa: BLE001  (demo package absent: not the demo model)
+        pass
+    cfg = Path(model) / "config.json"
+    if cfg.is_file():
+        try:
+            return hub_id(json.loads(cfg.read_text(encoding="utf-8")).get("_name_or_path"))
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def card_text(rec: dict, metrics: dict, data_name: str, command: str, label_names=None) -> str:
+    from huggingface_hub import EvalResult, ModelCardData  # noqa: PLC0415
+
+    model = rec["model"]["id"] if isinstance(rec.get("model"), dict) else str(rec.get("model"))
+    technique = rec.get("technique", "?")
+    merged = bool(metrics.get("merged"))
+    adapter = technique in ("lora", "qlora") and not merged
+    task = metrics.get("task", "classification")
+    pipeline_tag = "text-classification" if task == "classification" else "text-generation"
+    base = base_model_id(model)
+    dataset = hub_id(data_name)
+    test = metrics.get("test") or {}
+    if task == "classification":
+        metric_keys = [("accuracy", "accuracy"), ("macro_f1", "f1")]
+    else:
+        metric_keys = [("eval_loss", "loss"), ("perplexity", "perplexity")]
+    evals = [EvalResult(task_type=pipeline_tag, dataset_type=dataset or "custom", dataset_name=data_name,
+                        dataset_split="test", metric_type=hub_name, metric_value=round(float(test[k]), 4),
+                        metric_name=k)
+             for k, hub_name in metric_keys if isinstance(test.get(k), (int, float))]
+    name = f"{(base or Path(model).name).split('/')[-1]}-autoft-{technique}"
+    data = ModelCardData(base_model=base, library_name="peft" if adapter else "transformers",
+                         tags=["autoft", technique, pipeline_tag] + (["peft"] if adapter else []),
+                         datasets=[dataset] if dataset else None,
+                         metrics=[h for _, h in metric_keys], pipeline_tag=pipeline_tag,
+                         model_name=name, eval_results=evals or None)
+    cfg = metrics.get("config") or {}
+    base_line = f"[{base}](https://huggingface.co/{base})" if base else f"`{model}` (local)"
+    lines = ["---", data.to_yaml(), "---", "", f"# {name}", "",
+             f"{technique} fine-tune of {base_line} for {task} on {data_name}, trained with autoft "
+             "(successive-halving hyperparameter search, then a final fine-tune with early stopping).", ""]
+    lines += ["## Results (test split)", "", "| metric | fine-tuned | baseline |", "|---|---:|---:|"]
+    baseline = metrics.get("baseline") or {}
+    for k, _ in metric_keys:
+        if k in test:
+            lines.append(f"| {k} | {_fmt(test.get(k))} | {_fmt(baseline.get(k))} |")
+    lines += ["", "Baseline: " + ("the majority class of the train split, predicted for every example."
+                                   if task == "classification" else "the base model before fine-tuning."), ""]
+    lines += ["## Training", "",
+              f"- technique: {technique}; learning rate {_fmt(cfg.get('learning_rate'))}, "
+              f"weight decay {_fmt(cfg.get('weight_decay'))}"
+              + (f", LoRA r {cfg.get('lora_r')}, alpha {cfg.get('lora_alpha')}, dropout {cfg.get('lora_dropout')}"
+                 if technique in ("lora", "qlora") else ""),
+              f"- batch: {rec.get('batch_size')} x {rec.get('gradient_accumulation_steps', 1)} accumulation; "
+              f"sequence length {rec.get('seq_len')} tokens; precision {metrics.get('precision', rec.get('precision'))}",
+              f"- steps: {metrics.get('final_steps')} of {metrics.get('planned_steps')} planned (linear decay, "
+              f"best validation at step {metrics.get('best_step')}); {_fmt(metrics.get('train_seconds'))} s "
+              f"training, {_fmt(metrics.get('search_seconds'))} s search",
+              f"- seed {metrics.get('seed')}; reproduce with:", "", "```", command, "```", ""]
+    lines += ["## Use", "", "```python"]
+    if adapter:
+        auto = "AutoModelForSequenceClassification" if task == "classification" else "AutoModelForCausalLM"
+        lines += ["from peft import PeftModel", f"from transformers import {auto}, AutoTokenizer", "",
+                  f"base = {auto}.from_pretrained({(base or model)!r}"
+                  + (f", num_labels={len(label_names)})" if task == "classification" and label_names else ")"),
+                  "model = PeftModel.from_pretrained(base, \"path/to/this/folder\")",
+                  "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/folder\")"]
+    else:
+        lines += ["from transformers import pipeline", "",
+                  f"pipe = pipeline({pipeline_tag!r}, model=\"path/to/this/folder\")"]
+    lines += ["```", "", "Files: `metrics.json` (all figures), `trials.jsonl` (every search trial), "
+              "`report.md` (plots), `recommendation.json` (why this model and setup).", ""]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def write_card(out_dir, rec: dict, metrics: dict, bundle=None, data_name: str = "custom", command: str = "") -> Path:
+    labels = getattr(bundle, "label_names", None) if bundle is not None else None
+    path = Path(out_dir) / "README.md"
+    path.write_text(card_text(rec, metrics, data_name, command, labels), encoding="utf-8")
+    return path

@@ -1,0 +1,206 @@
+"""Search quality: successive halving vs random search at the same total budget vs an exhaustive
+grid trained at full budget. MiniLM (real weights) fully fine-tuned on an sst2 subset, CPU.
+
+- grid: G learning rates, log-spaced over the advisor's range for full fine-tuning of an encoder
+  (1e-5..1e-4), each trained for the full budget F with linear decay; the grid's pick is the best
+  validation accuracy; its compute is G x F optimizer steps. Trained once (seed 0): it is the
+  reference.
+- successive halving (autoft's `run_search`): n configurations (learning rate log-uniform +
+  weight decay), eta 3, first rung r steps, survivors continue from checkpoints; then the final
+  run of the winner for F steps with linear decay. Compute: search steps + F.
+- random search at the same total budget: floor(SH compute / F) random configurations (same
+  sampler, other seed stream), each trained for F steps; pick by validation.
+For seeds 0..S-1. Regret = the grid's best test accuracy (oracle, max over the grid) minus the
+test accuracy of each method's pick; compute ratio = method steps / grid steps.
+Goal (issue 4): SH within 1 accuracy point of the grid's best at <= 1/3 of its compute, and at
+least as good as random search at equal budget.
+
+    python benchmarks/bench_search_quality.py [--seeds 3] [--train 320] [--full-steps 40]
+
+Writes benchmarks/results/search_quality.json and search_quality.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_throughput import RESULTS, minilm, sst2_slice  # noqa: E402
+
+
+def train_full(model, bundle, cfg, steps, seed, bs, seq_len) -> dict:
+    """One configuration at the full budget with linear decay; validation and test accuracy."""
+    from autoft.autotrain.trainer import Trial
+
+    hp = {"learning_rate": cfg["learning_rate"], "weight_decay": cfg.get("weight_decay", 0.01),
+          "warmup_steps": max(1, int(0.06 * steps))}
+    tr = Trial(model, bundle, task="classification", technique="full", hparams=hp, batch_size=bs, seq_len=seq_len,
+               seed=seed, lr_schedule="linear", total_steps=steps)
+    try:
+        tr.train(steps)
+        val = tr.evaluate("validation")["accuracy"]
+        test = tr.evaluate("test")["accuracy"]
+    finally:
+        tr.close()
+    return {"config": cfg, "val": val, "test": test, "steps": steps}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--train", type=int, default=320)
+    ap.add_argument("--val", type=int, default=200)
+    ap.add_argument("--test", type=int, default=300)
+    ap.add_argument("--full-steps", type=int, default=40)
+    ap.add_argument("--grid", type=int, default=9)
+    ap.add_argument("--n-configs", type=int, default=9)
+    ap.add_argument("--eta", type=int, default=3)
+    ap.add_argument("--min-steps", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    from autoft.autotrain.data import load_data
+    from autoft.autotrain.schedule import sample_configs
+    from autoft.autotrain.search import SearchSettings, plan_rungs, run_search
+    from autoft.autotrain.schedule import total_cost_steps
+
+    model = minilm()
+    space = {"learning_rate": [1e-5, 1e-4], "weight_decay": [0.0, 0.1]}  # the advisor's full-FT space
+    F = a.full_steps
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        src = sst2_slice(a.train, tmp)
+        # bigger validation/test than the throughput slice
+        data = Path(os.environ.get("AUTOFT_DATA", "/work/shared/data")) / "sst2"
+        for split, k in (("validation", a.val), ("test", a.test)):
+            lines = (data / f"{split}.csv").read_text(encoding="utf-8").splitlines(keepends=True)[: k + 1]
+            (src / f"{split}.csv").write_text("".join(lines), encoding="utf-8")
+        bundle = load_data(str(src))
+
+        # -- grid (reference) --
+        lo, hi = math.log(1e-5), math.log(1e-4)
+        grid_lrs = [float(f"{math.exp(lo + i * (hi - lo) / (a.grid - 1)):.3g}") for i in range(a.grid)]
+        grid = []
+        for lr in grid_lrs:
+            r = train_full(model, bundle, {"learning_rate": lr, "weight_decay": 0.01}, F, 0, a.batch_size, a.seq_len)
+            grid.append(r)
+            print(f"grid lr {lr:.2g}: val {r['val']:.4f} test {r['test']:.4f}", file=sys.stderr)
+            _write(a, space, grid_lrs, grid, [], t0, partial=True)  # keep what is done
+        per_seed: list = []
+        _write(a, space, grid_lrs, grid, per_seed, t0, partial=True)
+        for seed in range(a.seeds):
+            # -- successive halving + final --
+            s = SearchSettings(n_trials=a.n_configs, eta=a.eta, min_steps=a.min_steps, max_steps=F, seed=seed,
+                               metric="accuracy", warmup_steps=max(1, int(0.06 * F)))
+            out = tmp / f"sh-{seed}"
+            kw = dict(model_source=model, bundle=bundle, task="classification", technique="full",
+                      batch_size=a.batch_size, seq_len=a.seq_len, device="cpu")
+            res = run_search(kw, space, s, out)
+            search_steps = total_cost_steps(plan_rungs(s))
+            sh_final = train_full(model, bundle, res.best_config, F, seed, a.batch_size, a.seq_len)
+            sh_steps = search_steps + F
+            shutil.rmtree(out, ignore_errors=True)
+            # -- random search at the same total budget --
+            k = max(1, math.ceil(sh_steps / F))  # at least the same budget as SH
+            rnd_cfgs = sample_configs(space, k, seed=1000 + seed, technique="full")
+            rnd = [train_full(model, bundle, c, F, seed, a.batch_size, a.seq_len) for c in rnd_cfgs]
+            rnd_pick = max(rnd, key=lambda r: r["val"])
+            row = {"seed": seed,
+                   "sh": {"test": sh_final["test"], "val_search": res.best_metric, "config": res.best_config,
+                          "steps": sh_steps, "search_steps": search_steps},
+                   "random": {"test": rnd_pick["test"], "config": rnd_pick["config"], "steps": k * F, "trials": k,
+                              "all": [{"lr": r["config"]["learning_rate"], "val": r["val"], "test": r["test"]}
+                                      for r in rnd]}}
+            per_seed.append(row)
+            print(f"seed {seed}: SH test {sh_final['test']:.4f} ({sh_steps} steps), random test "
+                  f"{rnd_pick['test']:.4f} ({k * F} steps)", file=sys.stderr)
+            _write(a, space, grid_lrs, grid, per_seed, t0, partial=seed + 1 < a.seeds)
+    print(json.dumps(_write(a, space, grid_lrs, grid, per_seed, t0, partial=False), indent=2))
+
+
+def _write(a, space, grid_lrs, grid, per_seed, t0, partial: bool) -> dict:
+    F = a.full_steps
+    grid_steps = a.grid * F  # the full grid's compute (also while it is being trained)
+    grid_best_test = max(r["test"] for r in grid)
+    grid_pick = max(grid, key=lambda r: r["val"])
+
+    def summ(key):
+        if not per_seed:
+            return None
+        tests = [r[key]["test"] for r in per_seed]
+        return {"test_mean": round(statistics.mean(tests), 4), "test_per_seed": tests,
+                "regret_vs_grid_best_mean": round(grid_best_test - statistics.mean(tests), 4),
+                "regret_vs_grid_pick_mean": round(grid_pick["test"] - statistics.mean(tests), 4),
+                "compute_ratio": round(statistics.mean(r[key]["steps"] for r in per_seed) / grid_steps, 3)}
+
+    summary = {"successive_halving": summ("sh"), "random_search": summ("random"),
+               "grid": {"best_test": grid_best_test, "pick_by_val_test": grid_pick["test"], "steps": grid_steps}}
+    sh = summary["successive_halving"]
+    if sh:
+        summary["goals"] = {"sh_within_1pt_of_grid_best": sh["regret_vs_grid_best_mean"] <= 0.01,
+                            "sh_compute_at_most_one_third": sh["compute_ratio"] <= 1 / 3 + 1e-9,
+                            "sh_at_least_random": sh["test_mean"] >= summary["random_search"]["test_mean"]}
+    out = {"benchmark": "search quality: successive halving vs random search (equal budget) vs grid (full budget)",
+           "partial": partial, "seeds_done": len(per_seed),
+           "model": "sentence-transformers/all-MiniLM-L6-v2, full fine-tune", "device": "cpu",
+           "data": f"sst2: first {a.train} train rows, {a.val} validation, {a.test} test",
+           "settings": dict(vars(a)), "space": space, "grid_learning_rates": grid_lrs,
+           "grid": [{"lr": r["config"]["learning_rate"], "val": r["val"], "test": r["test"]} for r in grid],
+           "per_seed": per_seed, "summary": summary, "wall_seconds": round(time.time() - t0, 1),
+           "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                       "load_average": os.getloadavg()},
+           "note": "compute in optimizer steps at the same batch size; the grid is trained once (seed 0); "
+                   "written after the grid and after every seed (partial=true until all seeds are done)"}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "search_quality.json").write_text(json.dumps(out, indent=2) + "\n")
+    _plot(out, RESULTS / "search_quality.png")
+    return summary
+
+
+def _plot(out, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    g = out["summary"]["grid"]
+    ax.scatter([g["steps"]] * len(out["grid"]), [r["test"] for r in out["grid"]], color="grey", alpha=0.5,
+               label="grid (each LR, full budget)")
+    ax.scatter([g["steps"]], [g["best_test"]], color="black", marker="*", s=150, label="grid best")
+    for key, label, color in (("sh", "successive halving + final", "tab:blue"), ("random", "random search", "tab:orange")):
+        xs = [r[key]["steps"] for r in out["per_seed"]]
+        ys = [r[key]["test"] for r in out["per_seed"]]
+        ax.scatter(xs, ys, color=color, label=label)
+    ax.axhline(g["best_test"] - 0.01, color="black", ls=":", lw=1, label="grid best - 1 point")
+    ax.set_xlabel("compute (optimizer steps, batch 16)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("MiniLM on sst2 subset (CPU): search quality vs compute")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
