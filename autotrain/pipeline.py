@@ -52,6 +52,8 @@ class RunOptions:
     question: dict = field(default_factory=dict)
     text_column: str | None = None
     label_column: str | None = None
+    prompt_column: str | None = None
+    response_column: str | None = None
     search_trials: int = 9
     eta: int = 3
     min_steps: int | None = None  # None: chosen from the final budget (at most 100)
@@ -173,7 +175,8 @@ def build_command(opts: RunOptions, out: Path) -> str:
         else:
             args += [flag, str(v)]
     defaults = RunOptions()
-    for name in ("text_column", "label_column", "search_trials", "eta", "min_steps", "max_steps", "epochs",
+    for name in ("text_column", "label_column", "prompt_column", "response_column", "search_trials", "eta",
+                 "min_steps", "max_steps", "epochs",
                  "time_budget", "seed", "eval_every", "patience", "max_eval_examples"):
         v = getattr(opts, name)
         if v is not None and (v != getattr(defaults, name) or name == "seed"):
@@ -197,12 +200,9 @@ def _load_bundle(opts: RunOptions, q: dict):
         from autoft.autotrain.demo import demo_data_path  # noqa: PLC0415
 
         source = str(demo_data_path())
-    kw: dict[str, Any] = {"task": q.get("task")}
-    if opts.text_column:
-        kw["text_column"] = opts.text_column
-    if opts.label_column:
-        kw["label_column"] = opts.label_column
-    return load_data(source, **kw)
+    from autoft.cli._flags import data_column_kwargs  # noqa: PLC0415
+
+    return load_data(source, task=q.get("task"), **data_column_kwargs(opts))
 
 
 def _profile(bundle) -> tuple[dict, list[str]]:

@@ -17,16 +17,13 @@ _BAR = 28
 
 
 def add_arguments(parser) -> None:
-    from autoft.cli._flags import add_question_flags
+    from autoft.cli._flags import add_data_flags, add_question_flags
 
     g = parser.add_argument_group("data")
     g.add_argument("--data", metavar="PATH", help="training data (CSV, JSONL, Parquet, a folder or a "
                    "saved dataset): fills in the task, size, labels, language and token lengths")
-    g.add_argument("--text-column", metavar="NAME", help="column with the text (classification)")
-    g.add_argument("--label-column", metavar="NAME", help="column with the label (classification)")
+    add_data_flags(g)
     add_question_flags(parser)
-    # None here means "not given", so that --data can fill them in; the Question defaults apply after.
-    parser.set_defaults(language=None, domain=None)
     parser.add_argument("--json", action="store_true", help="print the recommendation as JSON "
                         "(documented in docs/advise-json.md)")
 
@@ -35,7 +32,9 @@ def _profile_fields(args) -> tuple[dict, list[str]]:
     """Question fields and warnings from --data (the data layer imports no torch)."""
     from autoft.autotrain.data import build_profile, load_data
 
-    bundle = load_data(args.data, task=args.task, text_column=args.text_column, label_column=args.label_column)
+    from autoft.cli._flags import data_column_kwargs
+
+    bundle = load_data(args.data, task=args.task, **data_column_kwargs(args))
     profile = build_profile(bundle)
     return profile.to_question_fields(), list(profile.warnings)
 
@@ -55,10 +54,13 @@ def build_question(args):
         for k, v in fields.items():
             if k in names and getattr(args, k, None) is None:
                 extra[k] = v
-    elif args.text_column or args.label_column:
-        from autoft.errors import AutoftError
+    else:
+        from autoft.cli._flags import data_column_kwargs
 
-        raise AutoftError("--text-column and --label-column need --data", "pass --data PATH")
+        if data_column_kwargs(args):
+            from autoft.errors import AutoftError
+
+            raise AutoftError("the column flags (--text-column, ...) need --data", "pass --data PATH")
     return question_from_args(args, **extra), data_warnings
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from autoft.cli._flags import _int, add_question_flags
+from autoft.cli._flags import _int, add_data_flags, add_question_flags
 
 HELP = "fine-tune end to end: advise, search hyperparameters, train, evaluate, save"
 EXAMPLES = """\
@@ -47,8 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = parser.add_argument_group("data")
     d.add_argument("--data", metavar="PATH", help="training data: CSV/TSV/JSON(L)/Parquet file, a folder with "
                    "train/validation/test files, or a Hub dataset id; omitted: the built-in demo")
-    d.add_argument("--text-column", metavar="NAME", help="column with the input text (default: guessed)")
-    d.add_argument("--label-column", metavar="NAME", help="column with the label (classification; default: guessed)")
+    add_data_flags(d)
     add_question_flags(parser)
     s = parser.add_argument_group("search and training")
     s.add_argument("--search-trials", type=_int, default=9, metavar="N",
