@@ -232,6 +232,15 @@ def _get(rec: dict, *keys, default=None):
     return default
 
 
+def display_name(model: str) -> str:
+    """How to name a model to a person: its Hub id when a local folder knows it (the packaged
+    demo model is all-MiniLM-L6-v2, not a site-packages path), else what was given."""
+    from autoft.autotrain.card import base_model_id  # noqa: PLC0415
+
+    hid = base_model_id(model)
+    return model if not hid or hid == model else f"{hid} (from {model})" if len(model) < 40 else hid
+
+
 def _model_id(rec: dict) -> str:
     m = rec.get("model")
     return m.get("id") if isinstance(m, dict) else str(m)
@@ -406,7 +415,7 @@ def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory
             "batch_size": batch_size, "grad_accum": grad_accum, "seq_len": seq_len, "final_steps": final_steps,
             "train_examples": n_train, "search_trials": n_trials, "min_steps": min_steps, "metric": metric,
             "output_dir": str(out)}
-    progress.emit("stage", name="plan", detail=f"{model_id} | {technique} | batch {batch_size}x{grad_accum} | "
+    progress.emit("stage", name="plan", detail=f"{display_name(model_id)} | {technique} | batch {batch_size}x{grad_accum} | "
                   f"seq {seq_len} tokens | {final_steps} final steps | {device} {precision}")
     if confirm is not None and not opts.yes and not confirm(plan):
         raise AutoftError("run cancelled", "pass --yes to skip the question")

@@ -114,5 +114,7 @@ def run(args) -> int:
     else:
         t = result.test
         figures = ", ".join(f"{k} {v:.4f}" for k, v in t.items() if isinstance(v, float))
-        print(f"{result.output_dir}: {result.model} ({result.technique}) test {figures}")
+        from autoft.autotrain.pipeline import display_name
+
+        print(f"{result.output_dir}: {display_name(result.model)} ({result.technique}) test {figures}")
     return 0
