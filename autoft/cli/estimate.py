@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in backward (default: on for qlora, as peft's k-bit "
                         "preparation does; off otherwise)")
-    s.add_argument("--precision", choices=PRECISIONS, default="bf16", help="bf16 (default), fp16 or fp32")
+    s.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="bf16, fp16 or fp32 (default: bf16, or fp16 on a --gpu without bf16)")
     s.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="adamw (default), adamw-8bit "
                    "or paged-adamw-8bit")
     s.add_argument("--lora-rank", type=_int, default=16, metavar="R", help="LoRA rank (default 16)")
@@ -70,6 +71,8 @@ def _gpu_memory(args) -> tuple[int | None, str | None]:
         from autoft.advisor.hardware import find_gpu
 
         g = find_gpu(args.gpu)
+        if args.precision is None and not g.bf16:
+            args.precision = "fp16"  # what the advisor would pick on this GPU (no bf16 before Ampere)
         return g.memory_bytes, g.name
     return None, None
 
@@ -82,6 +85,7 @@ def run(args) -> int:
     from autoft.errors import AutoftError
 
     memory, gpu_name = _gpu_memory(args)
+    args.precision = args.precision or "bf16"
     spec = resolve_model(args.model)
     task = args.task or ("classification" if spec.family == "encoder" else "generation")
     if task == "generation" and spec.family == "encoder":
