@@ -61,7 +61,8 @@ class Progress:
                 pass
 
 
-def _fmt_s(s) -> str:
+def fmt_duration(s) -> str:
+    """Seconds as 1m05s or 1h02m ("?" when unknown); the TUI shows the same strings."""
     if s is None:
         return "?"
     s = int(s)
@@ -108,7 +109,7 @@ class StderrReporter:
             loss = ev.get("loss")
             loss_s = f"{loss:.4f}" if isinstance(loss, (int, float)) else "-"
             self._line(f"  {where} step {ev.get('step')}/{ev.get('total')} loss {loss_s} "
-                       f"ETA {_fmt_s(ev.get('eta_s'))}", transient=True)
+                       f"ETA {fmt_duration(ev.get('eta_s'))}", transient=True)
         elif k == "eval":
             m = ev.get("metric")
             self._line(f"  step {ev.get('step')}: validation {ev.get('metric_name')} "
@@ -124,7 +125,7 @@ class StderrReporter:
         elif k == "rung_end":
             self._line(f"  promoted: {', '.join(str(t) for t in ev.get('promoted', [])) or '-'}")
         elif k == "done":
-            self._line(f"done in {_fmt_s(ev.get('seconds'))}: {ev.get('output_dir')}")
+            self._line(f"done in {fmt_duration(ev.get('seconds'))}: {ev.get('output_dir')}")
 
 
 class Recorder:

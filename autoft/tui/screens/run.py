@@ -16,11 +16,7 @@ from autoft.tui.screens.base import Step
 from autoft.tui.screens.dialogs import ConfirmScreen
 
 
-def fmt_s(s) -> str:
-    if s is None:
-        return "?"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+from autoft.autotrain.progress import fmt_duration as fmt_s  # same strings as the CLI
 
 
 class SearchView:
