@@ -11,12 +11,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Label, Log, Sparkline, Static
 
+from autoft.autotrain.progress import fmt_duration as fmt_s  # same strings as the CLI
 from autoft.errors import AutoftError
 from autoft.tui.screens.base import Step
 from autoft.tui.screens.dialogs import ConfirmScreen
-
-
-from autoft.autotrain.progress import fmt_duration as fmt_s  # same strings as the CLI
 
 
 class SearchView:
