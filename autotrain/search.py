@@ -120,10 +120,17 @@ def smaller_micro_batch(bs: int, accum: int) -> tuple[int, int]:
 
 
 def _rank(records: list[dict], higher_is_better: bool) -> list[dict]:
-    """OK records, best first; ties go to the lower trial id (deterministic)."""
+    """OK records, best first. Ties on the metric go to the lower validation loss, then to the
+    lower trial id (deterministic). Early rungs tie often: after a few steps every trial may still
+    predict the majority class (same accuracy), while the loss already tells who is learning."""
     ok = [r for r in records if r.get("status") in OK_STATUSES and r.get("metric") is not None]
     sign = -1.0 if higher_is_better else 1.0
-    return sorted(ok, key=lambda r: (sign * float(r["metric"]), r["trial"]))
+
+    def key(r: dict):
+        loss = (r.get("eval") or {}).get("loss", (r.get("eval") or {}).get("eval_loss"))
+        return (sign * float(r["metric"]), float("inf") if loss is None else float(loss), r["trial"])
+
+    return sorted(ok, key=key)
 
 
 def run_search(trial_kwargs: dict, search_space: dict, settings: SearchSettings,

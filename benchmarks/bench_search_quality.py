@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse-grid", metavar="JSON", help="take the grid (full-budget runs) from an earlier "
+                    "results file with the same settings instead of training it again")
     a = ap.parse_args()
     import torch
 
@@ -101,7 +103,15 @@ def main() -> None:
         lo, hi = math.log(1e-5), math.log(1e-4)
         grid_lrs = [float(f"{math.exp(lo + i * (hi - lo) / (a.grid - 1)):.3g}") for i in range(a.grid)]
         grid = []
-        for lr in grid_lrs:
+        if a.reuse_grid:
+            prev = json.loads(Path(a.reuse_grid).read_text(encoding="utf-8"))
+            same = {k: v for k, v in prev["settings"].items() if k != "seeds"} == \
+                {k: v for k, v in _settings(a).items() if k != "seeds"}
+            if not same or prev.get("grid_learning_rates") != grid_lrs or len(prev["grid"]) != len(grid_lrs):
+                raise SystemExit("--reuse-grid: that file was made with other settings")
+            grid = [{"config": {"learning_rate": g["lr"]}, "val": g["val"], "test": g["test"]} for g in prev["grid"]]
+            print(f"grid reused from {a.reuse_grid}", file=sys.stderr)
+        for lr in grid_lrs[len(grid):]:
             r = train_full(model, bundle, {"learning_rate": lr, "weight_decay": 0.01}, F, 0, a.batch_size, a.seq_len)
             grid.append(r)
             print(f"grid lr {lr:.2g}: val {r['val']:.4f} test {r['test']:.4f}", file=sys.stderr)
@@ -138,6 +148,10 @@ def main() -> None:
     print(json.dumps(_write(a, space, grid_lrs, grid, per_seed, t0, partial=False), indent=2))
 
 
+def _settings(a) -> dict:
+    return {k: v for k, v in vars(a).items() if k != "reuse_grid"}
+
+
 def _write(a, space, grid_lrs, grid, per_seed, t0, partial: bool) -> dict:
     F = a.full_steps
     grid_steps = a.grid * F  # the full grid's compute (also while it is being trained)
@@ -164,7 +178,7 @@ def _write(a, space, grid_lrs, grid, per_seed, t0, partial: bool) -> dict:
            "partial": partial, "seeds_done": len(per_seed),
            "model": "sentence-transformers/all-MiniLM-L6-v2, full fine-tune", "device": "cpu",
            "data": f"sst2: first {a.train} train rows, {a.val} validation, {a.test} test",
-           "settings": dict(vars(a)), "space": space, "grid_learning_rates": grid_lrs,
+           "settings": _settings(a), "space": space, "grid_learning_rates": grid_lrs,
            "grid": [{"lr": r["config"]["learning_rate"], "val": r["val"], "test": r["test"]} for r in grid],
            "per_seed": per_seed, "summary": summary, "wall_seconds": round(time.time() - t0, 1),
            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),

@@ -146,3 +146,22 @@ def test_reads_the_advisors_search_space_shape():
     cfgs = sample_configs(space, 6, seed=0, technique="full", base={"freeze_layers": 4, "lora_r": 8})
     assert all(0.0 <= c["weight_decay"] <= 0.1 and c["freeze_layers"] == 4 and c["lora_r"] == 8 for c in cfgs)
     assert len({c["weight_decay"] for c in cfgs}) == 6  # sampled, not two choices
+
+
+def test_search_ranking_breaks_metric_ties_by_validation_loss():
+    # after a short first rung every trial may predict the majority class: equal accuracy, but the
+    # validation loss already separates the trial that is learning from the ones that are not
+    from autoft.autotrain.search import _rank
+
+    recs = [
+        {"trial": 0, "status": "ok", "metric": 0.53, "eval": {"loss": 0.69}},
+        {"trial": 1, "status": "ok", "metric": 0.53, "eval": {"loss": 0.52}},
+        {"trial": 2, "status": "failed-nan", "metric": None, "eval": {}},
+        {"trial": 3, "status": "ok", "metric": 0.60, "eval": {"loss": 0.80}},
+        {"trial": 4, "status": "ok", "metric": 0.53, "eval": {}},
+    ]
+    assert [r["trial"] for r in _rank(recs, higher_is_better=True)] == [3, 1, 0, 4]
+    # lower-is-better metrics (generation's eval loss) keep their order; ties fall to trial id
+    gen = [{"trial": 0, "status": "ok", "metric": 2.0, "eval": {"eval_loss": 2.0}},
+           {"trial": 1, "status": "ok", "metric": 1.5, "eval": {"eval_loss": 1.5}}]
+    assert [r["trial"] for r in _rank(gen, higher_is_better=False)] == [1, 0]
