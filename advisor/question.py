@@ -92,3 +92,15 @@ class Question:
     def field_help(cls) -> dict[str, dict]:
         """name -> metadata (help, choices, metavar, group): one source for CLI flags and TUI labels."""
         return {f.name: dict(f.metadata) for f in fields(cls)}
+
+
+def fill_unset(given: dict, facts: dict) -> dict:
+    """`given` (Question fields) with each field it leaves unset taken from `facts`, e.g.
+    DataProfile.to_question_fields(): what the user says wins over what the data says.
+    `autoft advise --data`, `autoft run` and the TUI all merge through here."""
+    names = {f.name for f in fields(Question)}
+    out = dict(given)
+    for k, v in (facts or {}).items():
+        if k in names and v is not None and out.get(k) is None:
+            out[k] = v
+    return out

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from autoft.advisor.question import fill_unset
 from autoft.autotrain.progress import Progress
 from autoft.autotrain.schedule import DEFAULT_HPARAMS, parse_dim, parse_duration, warmup_steps
 from autoft.autotrain.store import TrialStore, write_json
@@ -206,13 +207,10 @@ def _load_bundle(opts: RunOptions, q: dict):
 
 
 def _profile(bundle) -> tuple[dict, list[str]]:
-    try:
-        from autoft.autotrain.data import build_profile  # noqa: PLC0415
-    except ImportError:
-        return {}, []
+    from autoft.autotrain.data import build_profile  # noqa: PLC0415
+
     prof = build_profile(bundle)
-    fields_ = prof.to_question_fields() if hasattr(prof, "to_question_fields") else {}
-    return dict(fields_ or {}), list(getattr(prof, "warnings", []) or [])
+    return prof.to_question_fields(), list(prof.warnings)
 
 
 def _advise(q: dict):
@@ -379,9 +377,7 @@ def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory
     bundle = _load_bundle(opts, q)
     task = getattr(bundle, "task", None) or q.get("task") or "classification"
     prof_fields, data_warnings = _profile(bundle)
-    for k, v in prof_fields.items():
-        if q.get(k) is None and v is not None:
-            q[k] = v
+    q = fill_unset(q, prof_fields)
     q["task"] = task
     for w in data_warnings:
         progress.emit("warning", text=str(w))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from autoft.advisor.question import Question
+from autoft.advisor.question import Question, fill_unset
 
 
 def _int(text: str) -> int:
@@ -42,11 +42,11 @@ def add_question_flags(parser: argparse.ArgumentParser, groups=("situation", "ha
             g.add_argument(flag, **kw)
 
 
-def question_from_args(args: argparse.Namespace, **extra) -> Question:
+def question_from_args(args: argparse.Namespace, facts: dict | None = None) -> Question:
+    """The Question the flags ask; `facts` (what the data says) fill the fields left unset."""
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(Question)
           if getattr(args, f.name, None) is not None}
-    kw.update({k: v for k, v in extra.items() if v is not None})
-    return Question(**kw)
+    return Question(**fill_unset(kw, facts or {}))
 
 
 # Column flags of the data layer (autoft.autotrain.data.load_data), shared by advise and run.

@@ -41,19 +41,12 @@ def _profile_fields(args) -> tuple[dict, list[str]]:
 
 def build_question(args):
     """The Question from the flags, with unset fields filled in from --data."""
-    import dataclasses
-
-    from autoft.advisor.question import Question
     from autoft.cli._flags import question_from_args
 
     data_warnings: list[str] = []
-    extra: dict = {}
+    facts: dict = {}
     if getattr(args, "data", None):
-        fields, data_warnings = _profile_fields(args)
-        names = {f.name for f in dataclasses.fields(Question)}
-        for k, v in fields.items():
-            if k in names and getattr(args, k, None) is None:
-                extra[k] = v
+        facts, data_warnings = _profile_fields(args)
     else:
         from autoft.cli._flags import data_column_kwargs
 
@@ -61,7 +54,7 @@ def build_question(args):
             from autoft.errors import AutoftError
 
             raise AutoftError("the column flags (--text-column, ...) need --data", "pass --data PATH")
-    return question_from_args(args, **extra), data_warnings
+    return question_from_args(args, facts), data_warnings
 
 
 def run(args) -> int:

@@ -226,8 +226,7 @@ class Answers:
             args, _ = _question_parser().parse_known_args(self.run_argv())
         except argparse.ArgumentError as err:
             raise AutoftError(str(err), "correct the field") from None
-        extra = {k: v for k, v in self.inferred.items() if v is not None and getattr(args, k, None) is None}
-        return question_from_args(args, **extra)
+        return question_from_args(args, self.inferred)
 
 
 def parse_int(text: str, name: str) -> int | None:
