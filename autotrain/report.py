@@ -119,17 +119,20 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
                   f"{len(search.get('configs', []))} configurations, rungs "
                   + ", ".join(f"{r['n_trials']} x {r['budget_steps']} steps" for r in search.get("rungs", []))
                   + f". Best: trial {search.get('best_trial')} (validation {metric} {_fmt(search.get('best_metric'))})"
-                  + (" - stopped by the time budget." if search.get("stopped_by_time") else "."), ""]
+                  + (" - stopped by the time budget." if search.get("stopped_by_time") else "."),
+                  "",
+                  _promotion_sentence(search, metric), ""]
         if p_search:
             lines += [f"![search](plots/{p_search.name})", ""]
-        lines += ["| trial | rung | steps | learning rate | other knobs | metric | status | s |",
-                  "|---:|---:|---:|---:|---|---:|---|---:|"]
+        lines += [f"| trial | rung | steps | learning rate | other knobs | {metric} | validation loss | status | s |",
+                  "|---:|---:|---:|---:|---|---:|---:|---|---:|"]
         for r in sorted(records, key=lambda r: (r["rung"], r["trial"])):
             cfg = r.get("config") or {}
             other = ", ".join(f"{k} {v}" for k, v in cfg.items()
                               if k in ("lora_r", "lora_dropout", "weight_decay", "layer_decay", "warmup_ratio"))
             lines.append(f"| {r['trial']} | {r['rung'] + 1} | {r['steps']} | {_fmt(cfg.get('learning_rate'))} | "
-                         f"{other} | {_fmt(r.get('metric'))} | {r.get('status')} | {_fmt(r.get('seconds'))} |")
+                         f"{other} | {_fmt(r.get('metric'))} | {_fmt(_val_loss(r))} | {r.get('status')} | "
+                         f"{_fmt(r.get('seconds'))} |")
         lines.append("")
     lines += ["## Final fine-tune", "", "Configuration: `" + ", ".join(f"{k}={v}" for k, v in
                                                                         (metrics.get("config") or {}).items()) + "`", ""]
@@ -152,3 +155,16 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _val_loss(record: dict):
+    ev = record.get("eval") or {}
+    return ev.get("loss", ev.get("eval_loss"))
+
+
+def _promotion_sentence(search: dict, metric: str) -> str:
+    by = search.get("promote_by") or "loss"
+    if by == "loss" and metric not in ("loss", "eval_loss"):
+        return (f"Trials moved up a rung by validation loss (it already separates trials while {metric} "
+                f"is still at chance); the last rung's winner was chosen by validation {metric}.")
+    return f"Trials moved up a rung and the winner was chosen by validation {metric}."

@@ -3,6 +3,8 @@
     result = run_search(trial_kwargs, search_space, SearchSettings(n_trials=9), out_dir, progress)
 
 How it runs (one process, trials one after another):
+- promotions rank trials by validation loss, the winner of the last rung by the user's metric
+  (see `_rank`);
 - configurations come from `schedule.sample_configs` (seeded), rungs from
   `schedule.successive_halving`; a trailing rung with a single trial is dropped (it decides
   nothing; its budget is better spent in the final run);
@@ -52,6 +54,9 @@ class SearchSettings:
     max_eval_examples: int | None = None
     drop_single_last_rung: bool = True
     warn_short_rungs: bool = True  # warn when min_steps < MIN_STEPS_ADVISED
+    # what decides promotions between rungs: "loss" (validation loss) or "metric"; the winner of
+    # the last rung is always chosen by `metric`
+    promote_by: str = "loss"
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -60,6 +65,9 @@ class SearchSettings:
             raise AutoftError(f"--eta must be at least 2, got {self.eta}", "pass --eta 3")
         if self.min_steps < 1:
             raise AutoftError(f"--min-steps must be at least 1, got {self.min_steps}", "pass --min-steps 100")
+        if self.promote_by not in ("loss", "metric"):
+            raise AutoftError(f"promote_by must be 'loss' or 'metric', got {self.promote_by!r}",
+                              "use 'loss' (the default) or 'metric'")
 
 
 @dataclass
@@ -74,6 +82,7 @@ class SearchResult:
     seconds: float
     stopped_by_time: bool = False
     warnings: list[str] = field(default_factory=list)
+    promote_by: str = "loss"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -119,16 +128,29 @@ def smaller_micro_batch(bs: int, accum: int) -> tuple[int, int]:
     return 1, eff
 
 
-def _rank(records: list[dict], higher_is_better: bool) -> list[dict]:
-    """OK records, best first. Ties on the metric go to the lower validation loss, then to the
-    lower trial id (deterministic). Early rungs tie often: after a few steps every trial may still
-    predict the majority class (same accuracy), while the loss already tells who is learning."""
+def _loss_of(r: dict) -> float:
+    ev = r.get("eval") or {}
+    loss = ev.get("loss", ev.get("eval_loss"))
+    return float("inf") if loss is None or loss != loss else float(loss)
+
+
+def _rank(records: list[dict], higher_is_better: bool, by: str = "metric") -> list[dict]:
+    """OK records, best first.
+
+    by="metric": the user's metric; ties go to the lower validation loss (early rungs tie often:
+    after a few steps every trial may still predict the majority class).
+    by="loss": the validation loss; ties go to the metric. Promotions use this: early in training
+    accuracy hovers at chance and ranks noise (at 13 steps on sst2 the two *lowest* learning rates
+    had the best accuracy), while the loss already orders the trials by how fast they learn
+    (benchmarks/results/search_quality.json). Ties after both go to the lower trial id."""
     ok = [r for r in records if r.get("status") in OK_STATUSES and r.get("metric") is not None]
     sign = -1.0 if higher_is_better else 1.0
+    if by not in ("metric", "loss"):
+        raise ValueError(f"rank by 'metric' or 'loss', not {by!r}")
 
     def key(r: dict):
-        loss = (r.get("eval") or {}).get("loss", (r.get("eval") or {}).get("eval_loss"))
-        return (sign * float(r["metric"]), float("inf") if loss is None else float(loss), r["trial"])
+        m = sign * float(r["metric"])
+        return (m, _loss_of(r), r["trial"]) if by == "metric" else (_loss_of(r), m, r["trial"])
 
     return sorted(ok, key=key)
 
@@ -186,7 +208,7 @@ def run_search(trial_kwargs: dict, search_space: dict, settings: SearchSettings,
     for rung in rungs:
         if rung.index > 0:
             prev = [store.get(t, rung.index - 1) for t in alive]
-            ranked = _rank([r for r in prev if r], s.higher_is_better)
+            ranked = _rank([r for r in prev if r], s.higher_is_better, by=s.promote_by)
             alive = sorted(r["trial"] for r in ranked[: rung.n_trials])
             if not alive:
                 break
@@ -218,7 +240,8 @@ def run_search(trial_kwargs: dict, search_space: dict, settings: SearchSettings,
         # the previous rung's checkpoints of trials not promoted are no longer needed
         if rung.index > 0:
             _drop_checkpoints(out, rung.index - 1)
-        ranked = _rank([store.get(t, rung.index) for t in alive if store.get(t, rung.index)], s.higher_is_better)
+        done = [store.get(t, rung.index) for t in alive if store.get(t, rung.index)]
+        ranked = _rank(done, s.higher_is_better, by="metric" if last else s.promote_by)
         keep = 1 if last else rungs[rung.index + 1].n_trials
         progress.emit("rung_end", rung=rung.index, promoted=[r["trial"] for r in ranked[:keep]])
 
@@ -236,7 +259,8 @@ def run_search(trial_kwargs: dict, search_space: dict, settings: SearchSettings,
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final run starts fresh
     return SearchResult(best_trial=best["trial"], best_config=configs[best["trial"]], best_metric=best["metric"],
                         metric=s.metric, rungs=rungs, configs=configs, records=list(store.records),
-                        seconds=round(elapsed(), 2), stopped_by_time=stopped, warnings=warnings)
+                        seconds=round(elapsed(), 2), stopped_by_time=stopped, warnings=warnings,
+                        promote_by=s.promote_by)
 
 
 def _ckpt_dir(out: Path, trial: int, rung: int) -> Path:

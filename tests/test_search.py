@@ -97,8 +97,8 @@ def test_search_follows_the_schedule_and_continues_from_checkpoints(tiny_model, 
     assert [(r.n_trials, r.budget_steps) for r in rungs] == [(6, 3), (2, 9)]
     records = TrialStore.load(tmp_path / "trials.jsonl")
     assert [r["rung"] for r in records] == [0] * 6 + [1] * 2
-    # promoted = the best 2 of rung 0
-    rung0 = sorted(records[:6], key=lambda r: (-r["metric"], r["trial"]))
+    # promoted = the 2 of rung 0 with the lowest validation loss (promotions rank by loss)
+    rung0 = sorted(records[:6], key=lambda r: (r["eval"]["loss"], -r["metric"], r["trial"]))
     assert sorted(r["trial"] for r in records[6:]) == sorted(r["trial"] for r in rung0[:2])
     # promoted trials continued: rung 1 trained only the 6 missing steps, from step 3
     assert sum(steps for _, _, steps in log) == total_cost_steps(rungs) == 6 * 3 + 2 * 6
@@ -110,6 +110,19 @@ def test_search_follows_the_schedule_and_continues_from_checkpoints(tiny_model, 
     kinds = {e["kind"] for e in rec.events}
     assert {"rung_start", "trial_start", "step", "trial_end", "rung_end"} <= kinds
     assert all("eta_s" in e for e in rec.of("step"))
+
+
+def test_promotion_by_metric_when_asked(tiny_model, bundle, tmp_path):
+    s = SearchSettings(n_trials=6, eta=3, min_steps=3, max_steps=40, seed=0, metric="accuracy", promote_by="metric")
+    run_search(_kwargs(tiny_model, bundle), SPACE, s, tmp_path)
+    records = TrialStore.load(tmp_path / "trials.jsonl")
+    rung0 = sorted(records[:6], key=lambda r: (-r["metric"], r["eval"]["loss"], r["trial"]))
+    assert sorted(r["trial"] for r in records[6:]) == sorted(r["trial"] for r in rung0[:2])
+
+
+def test_unknown_promotion_rule_is_refused():
+    with pytest.raises(AutoftError, match="promote_by"):
+        SearchSettings(promote_by="accuracy")
 
 
 def test_search_is_deterministic_and_resumes_without_retraining(tiny_model, bundle, tmp_path):

@@ -1,0 +1,40 @@
+"""The Markdown report: the search table shows what decided each promotion (validation loss next
+to the metric) and only the knobs the technique uses."""
+from __future__ import annotations
+
+from autoft.autotrain.report import write_report
+from autoft.autotrain.schedule import sample_configs
+
+
+def _records(technique: str) -> list[dict]:
+    cfgs = sample_configs({"learning_rate": [1e-5, 1e-4], "weight_decay": [0.0, 0.1]}, 3, technique=technique)
+    recs = [{"trial": i, "rung": 0, "steps": 5, "config": c, "metric": 0.5, "eval": {"loss": 0.7 - 0.01 * i},
+             "status": "ok", "seconds": 1.0} for i, c in enumerate(cfgs)]
+    recs.append({"trial": 2, "rung": 1, "steps": 15, "config": cfgs[2], "metric": 0.8, "eval": {"loss": 0.41},
+                 "status": "ok", "seconds": 2.0})
+    return recs
+
+
+def _report(tmp_path, technique: str, promote_by: str = "loss", metric: str = "accuracy") -> str:
+    records = _records(technique)
+    search = {"configs": [r["config"] for r in records[:3]], "best_trial": 2, "best_metric": 0.8,
+              "rungs": [{"n_trials": 3, "budget_steps": 5}, {"n_trials": 1, "budget_steps": 15}],
+              "promote_by": promote_by}
+    metrics = {"metric": metric, "test": {metric: 0.8}, "baseline": {metric: 0.5}, "best_trial": 2,
+               "config": records[-1]["config"]}
+    history = {"train": [{"step": 1, "loss": 0.7}], "validation": [{"step": 1, "loss": 0.6, metric: 0.7}]}
+    path = write_report(tmp_path, rec={"technique": technique}, metrics=metrics, records=records, history=history,
+                        search=search, command="autoft run")
+    return path.read_text(encoding="utf-8")
+
+
+def test_search_table_shows_validation_loss_and_the_promotion_rule(tmp_path):
+    text = _report(tmp_path, "full")
+    assert "| validation loss |" in text and "| 0.41 |" in text
+    assert "moved up a rung by validation loss" in text
+    assert "lora_r" not in text  # a full fine-tune has no LoRA rank
+
+
+def test_lora_report_lists_the_rank_and_metric_promotion(tmp_path):
+    text = _report(tmp_path, "lora", promote_by="metric")
+    assert "lora_r" in text and "moved up a rung and the winner was chosen by validation accuracy" in text
