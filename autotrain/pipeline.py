@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from autoft.advisor.question import fill_unset
 from autoft.autotrain.progress import Progress
-from autoft.autotrain.schedule import DEFAULT_HPARAMS, parse_dim, parse_duration, warmup_steps
+from autoft.autotrain.schedule import DEFAULT_HPARAMS, for_technique, parse_dim, parse_duration, warmup_steps
 from autoft.autotrain.store import TrialStore, write_json
 from autoft.errors import AutoftError
 
@@ -285,7 +285,7 @@ def fixed_config(rec: dict) -> dict:
         cfg["lora_dropout"] = float(_get(lora, "dropout", "lora_dropout", default=cfg["lora_dropout"]))
     if rec.get("freeze_layers") is not None:
         cfg["freeze_layers"] = rec["freeze_layers"]
-    return cfg
+    return for_technique(cfg, rec.get("technique") or "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +336,8 @@ def run(opts: RunOptions, progress: Progress | Callable[[dict], None] | None = N
         return _run(opts, out, progress, confirm, trial_factory, argv)
     except KeyboardInterrupt:
         if (out / RUN_FILE).is_file():
-            progress.emit("warning", text=f"interrupted: finished trials are saved; continue with "
+            progress.emit("warning", text=f"interrupted: finished trials and the final run's last best checkpoint "
+                          f"are saved; continue with "
                           f"autoft run --resume {shlex.quote(str(out))}")
         raise
 
@@ -482,27 +483,44 @@ def _final_run(trial_kwargs: dict, config: dict, total: int, opts: RunOptions, m
                out: Path, progress: Progress, trial_factory: Any) -> dict:
     """Train the chosen configuration for the full budget with linear decay; evaluate on
     validation every `eval_every` steps, keep the best weights, stop after `patience` evaluations
-    without improvement; then test and baseline."""
+    without improvement; then test and baseline.
+
+    Every new best is saved as a full checkpoint (weights, optimizer, scheduler, RNG, data
+    position) in final-best/ with the run's bookkeeping (final-state.json). `--resume` continues
+    from there: continuation is exact, so a resumed run ends where an uninterrupted one would, and
+    loses at most the steps trained after the last best."""
     if trial_factory is None:
         from autoft.autotrain.trainer import Trial as trial_factory  # noqa: PLC0415, N813
     import torch  # noqa: PLC0415
 
     progress.emit("phase", name="final", total_steps=total)
-    progress.emit("stage", name="final", detail=f"{total} steps, lr {config['learning_rate']:.3g}, linear decay")
     hparams = {k: v for k, v in config.items() if k != "warmup_ratio"}
     hparams["warmup_steps"] = warmup_steps(config.get("warmup_ratio", 0.06), total)
     kw = dict(trial_kwargs)
     # test and baseline always see the whole test split; only validation during training is capped
     kw.update(hparams=hparams, lr_schedule="linear", total_steps=total, seed=opts.seed, max_eval_examples=None)
     eval_every = opts.eval_every or max(10, math.ceil(total / 10))
-    history: dict = {"train": [], "validation": [], "eval_every": eval_every}
-    best_dir = out / "final-best"
-    t0 = time.monotonic()
-    trial = trial_factory(**kw)
+    best_dir = out / FINAL_CKPT
+    identity = {"config": config, "total_steps": total, "seed": opts.seed, "eval_every": eval_every}
+    state = _final_state(best_dir, identity) if opts.resume else None
+    if state is None:
+        shutil.rmtree(best_dir, ignore_errors=True)  # a stale one from another configuration
+        progress.emit("stage", name="final", detail=f"{total} steps, lr {config['learning_rate']:.3g}, linear decay")
+        trial = trial_factory(**kw)
+        state = {"history": {"train": [], "validation": [], "eval_every": eval_every}, "best": None,
+                 "best_step": 0, "samples": 0, "seconds": 0.0, "baseline": None}
+    else:
+        progress.emit("stage", name="final", detail=f"resuming at step {state['best_step']} of {total} "
+                      f"(the last best checkpoint), lr {config['learning_rate']:.3g}, linear decay")
+        trial = trial_factory.load_checkpoint(best_dir, trial_kwargs["bundle"], device=kw.get("device", "cpu"))
+    history = state["history"]
+    best, best_step, bad, stopped, samples = state["best"], state["best_step"], 0, False, state["samples"]
+    t0 = time.monotonic() - float(state["seconds"])
+    finished = False
     try:
-        baseline = trial.baseline_eval("test")  # generation: the base model, before any training
-        best, best_step, bad, stopped = None, 0, 0, False
-        samples = 0
+        baseline = state["baseline"]
+        if baseline is None:
+            baseline = trial.baseline_eval("test")  # generation: the base model, before any training
 
         def on_step(info: dict) -> None:
             history["train"].append({"step": info.get("step"), "loss": info.get("loss"), "lr": info.get("lr")})
@@ -535,7 +553,9 @@ def _final_run(trial_kwargs: dict, config: dict, total: int, opts: RunOptions, m
             if improved:
                 best, best_step, bad = val, trial.steps_done, 0
                 if trial.steps_done < total:  # the last step's weights are in memory already
-                    trial.save_checkpoint(best_dir)
+                    _save_final_state(trial, best_dir, identity, {
+                        "history": history, "best": best, "best_step": best_step, "samples": samples,
+                        "seconds": round(time.monotonic() - t0, 2), "baseline": baseline})
             else:
                 bad += 1
                 if bad >= opts.patience:
@@ -557,13 +577,41 @@ def _final_run(trial_kwargs: dict, config: dict, total: int, opts: RunOptions, m
                 outs = trial.generate_samples(prompts)
                 gen_samples = [{"prompt": p, "output": o} for p, o in zip(prompts, outs)]
         trial.save_model(out, merge=opts.merge)
+        finished = True
     finally:
         trial.close()
-        shutil.rmtree(best_dir, ignore_errors=True)
+        if finished:  # otherwise it stays for --resume
+            shutil.rmtree(best_dir, ignore_errors=True)
     return {"test": test, "baseline": baseline, "validation": validation, "seconds": train_seconds,
             "steps": steps_trained, "best_step": best_step or steps_trained, "stopped_early": stopped,
             "history": history, "samples": gen_samples,
             "samples_per_second": round(samples / train_seconds, 2) if train_seconds > 0 else None}
+
+
+FINAL_CKPT = "final-best"
+FINAL_STATE = "final-state.json"
+
+
+def _save_final_state(trial: Any, best_dir: Path, identity: dict, state: dict) -> None:
+    """Checkpoint the final run at a new best. The state file is written last, after the
+    checkpoint is complete, and removed first: a kill mid-save leaves no state, so --resume then
+    starts the final run over instead of reading a half-written checkpoint."""
+    (best_dir / FINAL_STATE).unlink(missing_ok=True)
+    trial.save_checkpoint(best_dir)
+    write_json(best_dir / FINAL_STATE, {**identity, **state})
+
+
+def _final_state(best_dir: Path, identity: dict) -> dict | None:
+    """The saved state of an interrupted final run of this configuration, or None."""
+    import json  # noqa: PLC0415
+
+    try:
+        state = json.loads((best_dir / FINAL_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if any(state.get(k) != v for k, v in identity.items()) or not (best_dir / "trial.json").is_file():
+        return None
+    return state
 
 
 def _prompts(bundle, n: int) -> list[str]:

@@ -162,6 +162,61 @@ def test_generation_path_through_the_pipeline(tmp_path):
     assert "pipeline_tag: text-generation" in card and "library_name: peft" in card
 
 
+def _generation_job(tmp_path: Path) -> tuple[Path, dict]:
+    from tiny_models import build_tiny_llama, easy_generation, small_tokenizer
+
+    model = build_tiny_llama(tmp_path / "llama", small_tokenizer())
+    data = tmp_path / "gen.jsonl"
+    b = easy_generation(24, 8)
+    with open(data, "w") as f:
+        for r in b.splits["train"]:
+            f.write(json.dumps({"instruction": r["messages"][0]["content"], "input": "",
+                                "output": r["messages"][1]["content"]}) + "\n")
+    rec = {"model": {"id": model}, "technique": "lora", "batch_size": 4, "gradient_accumulation_steps": 1,
+           "seq_len": 32, "precision": "fp32", "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+           "search_space": {"learning_rate": [1e-3, 1e-2]}}
+    return data, rec
+
+
+def test_interrupted_final_run_resumes_from_its_last_best_checkpoint(tmp_path):
+    """Ctrl-C in the middle of the final fine-tune; --resume continues from the last best
+    checkpoint (not from step 0) and ends exactly where an uninterrupted run ends."""
+    pytest.importorskip("torch")
+    from autoft.autotrain.pipeline import FINAL_CKPT, RunOptions, run
+
+    data, rec = _generation_job(tmp_path)
+    common = dict(data=str(data), recommendation=rec, no_search=True, max_steps=12, eval_every=3)
+    ref = run(RunOptions(output=str(tmp_path / "ref"), **common))
+
+    out = tmp_path / "out"
+    seen: list = []
+
+    def interrupt_after_step_6(ev: dict) -> None:  # steps are logged at the end of each train() call
+        if ev["kind"] == "step" and ev.get("phase") == "final":
+            seen.append(ev["step"])
+            if ev["step"] > 6:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(RunOptions(output=str(out), **common), progress=interrupt_after_step_6)
+    state = json.loads((out / FINAL_CKPT / "final-state.json").read_text())
+    assert state["best_step"] in (3, 6) and not (out / "metrics.json").exists()
+
+    steps: list = []
+    res = run(RunOptions(resume=str(out)),
+              progress=lambda ev: steps.append(ev["step"]) if ev["kind"] == "step" else None)
+    assert seen[-1] == 9 and steps[0] > state["best_step"] and steps[-1] == 12  # continued, not restarted
+    m, m_ref = (json.loads((d / "metrics.json").read_text()) for d in (out, tmp_path / "ref"))
+    assert m["test"]["eval_loss"] == pytest.approx(m_ref["test"]["eval_loss"], rel=1e-5)
+    assert m["baseline"] == m_ref["baseline"] and m["final_steps"] == m_ref["final_steps"] == 12
+    hist, hist_ref = (json.loads((d / "history.json").read_text()) for d in (out, tmp_path / "ref"))
+    assert [h["step"] for h in hist["train"]] == [h["step"] for h in hist_ref["train"]]
+    assert [h["loss"] for h in hist["validation"]] == pytest.approx([h["loss"] for h in hist_ref["validation"]],
+                                                                     rel=1e-5)
+    assert res.test["eval_loss"] == m["test"]["eval_loss"]
+    assert not (out / FINAL_CKPT).exists()  # removed once the model is saved
+
+
 # -- bad input: one line on stderr, exit code 2, nothing trained --------------------------------
 
 @pytest.mark.parametrize("argv,needle", [
