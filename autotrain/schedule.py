@@ -104,6 +104,27 @@ DEFAULT_HPARAMS: dict = {
     "layer_decay": 1.0,
 }
 
+# The DEFAULT_HPARAMS keys each technique reads besides learning rate, weight decay and warmup
+# (the fields of its config dataclass in autotrain/techniques/; a test keeps the two in step).
+# Configurations carry only these, so that reports and trials.jsonl show what was trained.
+TECHNIQUE_KNOBS: dict[str, tuple[str, ...]] = {
+    "full": ("layer_decay",),
+    "freeze": ("freeze_layers", "layer_decay"),
+    "lora": ("lora_r", "lora_alpha", "lora_dropout"),
+    "qlora": ("lora_r", "lora_alpha", "lora_dropout"),
+}
+COMMON_KNOBS = ("learning_rate", "weight_decay", "warmup_ratio")
+
+
+def for_technique(config: dict, technique: str) -> dict:
+    """`config` without the DEFAULT_HPARAMS knobs that `technique` does not use (an unknown
+    technique keeps everything; keys outside DEFAULT_HPARAMS are kept)."""
+    if technique not in TECHNIQUE_KNOBS:
+        return dict(config)
+    keep = set(COMMON_KNOBS) | set(TECHNIQUE_KNOBS[technique])
+    return {k: v for k, v in config.items() if k in keep or k not in DEFAULT_HPARAMS}
+
+
 # Secondary knobs in order of how much they usually matter, by technique. At most two are
 # searched next to the learning rate (which dominates every sensitivity study).
 SECONDARY_PRIORITY: dict[str, tuple[str, ...]] = {
@@ -218,8 +239,9 @@ def sample_configs(search_space: dict, n: int, seed: int = 0, technique: str = "
 
     The learning rate is log-uniform (stratified so that n points cover its range); up to two
     secondary knobs (by technique priority) are sampled the same way, independently shuffled.
-    Every dict has all keys of DEFAULT_HPARAMS (values from `base` where given, e.g. the
-    recommendation's LoRA rank or frozen layers); LoRA alpha follows a sampled rank (alpha = 2r).
+    Every dict has the keys of DEFAULT_HPARAMS that the technique uses (`for_technique`; values
+    from `base` where given, e.g. the recommendation's LoRA rank or frozen layers); LoRA alpha
+    follows a sampled rank (alpha = 2r).
     """
     if n < 1:
         raise AutoftError(f"need at least 1 configuration, got {n}", "pass --search-trials 1 or more")
@@ -234,7 +256,7 @@ def sample_configs(search_space: dict, n: int, seed: int = 0, technique: str = "
             cfg[name] = vals[i]
         if "lora_r" in columns:
             cfg["lora_alpha"] = 2 * int(cfg["lora_r"])
-        configs.append(cfg)
+        configs.append(for_technique(cfg, technique))
     return configs
 
 

@@ -58,6 +58,19 @@ def test_configs_reject_bad_values(name, hparams, match):
         make_config(name, hparams)
 
 
+def test_search_knobs_per_technique_match_the_technique_configs():
+    # schedule.py (pure, no torch) names the knobs each technique reads; they must be the
+    # technique config's fields that have a search default, no more and no fewer
+    from dataclasses import fields
+
+    from autoft.autotrain.schedule import DEFAULT_HPARAMS, TECHNIQUE_KNOBS
+
+    assert set(TECHNIQUE_KNOBS) == set(TECHNIQUES)
+    for name, info in TECHNIQUES.items():
+        cfg_fields = {f.name for f in fields(info.config_cls)}
+        assert set(TECHNIQUE_KNOBS[name]) == cfg_fields & set(DEFAULT_HPARAMS), name
+
+
 def test_make_config_takes_only_the_keys_that_apply():
     cfg = make_config("lora", {"lora_r": 8, "learning_rate": 1e-3, "freeze_layers": 2})
     assert cfg.lora_r == 8 and cfg.lora_alpha == 16  # alpha defaults to 2r
