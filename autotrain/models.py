@@ -86,6 +86,10 @@ class _quiet_loading:
         return False
 
 
+def _has_classifier(config) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
+
+
 def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: int | None = None,
                              label_names: list[str] | None = None, precision: str = "fp32",
                              device: str = "cpu", trust_remote_code: bool = False, quantization=None):
@@ -128,6 +132,10 @@ def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: i
                  "label2id": {n: i for i, n in enumerate(names)}}
         if getattr(config, "pad_token_id", None) is None:
             extra["pad_token_id"] = tok.pad_token_id  # decoder classifiers find the last token by it
+        if _has_classifier(config) and int(getattr(config, "num_labels", 0) or 0) != num_labels:
+            # a fine-tuned classifier with another label set: keep its body, train a new head
+            # (without this, from_pretrained refuses the checkpoint over the head's shape)
+            extra["ignore_mismatched_sizes"] = True
         cls = AutoModelForSequenceClassification
     else:
         extra, cls = {}, AutoModelForCausalLM

@@ -72,6 +72,25 @@ def test_decoder_classifier_gets_pad_token_from_eos(tmp_path):
     assert model(**batch).logits.shape == (2, 2)  # finds the last real token by pad id
 
 
+def test_local_classifier_with_another_label_count_keeps_its_body_and_gets_a_new_head(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tok = small_tokenizer()
+    torch.manual_seed(0)
+    three = BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=64, num_labels=3))
+    three.save_pretrained(tmp_path / "clf3")
+    tok.save_pretrained(tmp_path / "clf3")
+    model, _ = load_model_and_tokenizer(str(tmp_path / "clf3"), "classification", "full", label_names=["no", "yes"])
+    assert model.config.num_labels == 2 and model.classifier.out_features == 2
+    assert model.config.id2label == {0: "no", 1: "yes"}
+    # the encoder's weights are the checkpoint's, not new ones
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, three.bert.embeddings.word_embeddings.weight)
+    # the same label count loads the checkpoint's head as is
+    same, _ = load_model_and_tokenizer(str(tmp_path / "clf3"), "classification", "full", label_names=["a", "b", "c"])
+    assert torch.equal(same.classifier.weight, three.classifier.weight)
+
+
 def test_lora_base_weights_use_the_training_precision(tmp_path):
     src = build_tiny_llama(tmp_path / "m", small_tokenizer())
     model, _ = load_model_and_tokenizer(src, "generation", "lora", precision="bf16")
