@@ -17,7 +17,7 @@ least as good as random search at equal budget.
 
     python benchmarks/bench_search_quality.py [--seeds 3] [--train 320] [--full-steps 40]
 
-Writes benchmarks/results/search_quality.json and search_quality.png.
+Writes benchmarks/results/search_quality.json and search_quality.png (--name picks another stem).
 """
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default="search_quality", help="results file stem under benchmarks/results/ "
+                    "(runs at other budgets are kept side by side)")
     ap.add_argument("--reuse-grid", metavar="JSON", help="take the grid (full-budget runs) from an earlier "
                     "results file with the same settings instead of training it again")
     a = ap.parse_args()
@@ -105,8 +107,7 @@ def main() -> None:
         grid = []
         if a.reuse_grid:
             prev = json.loads(Path(a.reuse_grid).read_text(encoding="utf-8"))
-            same = {k: v for k, v in prev["settings"].items() if k != "seeds"} == \
-                {k: v for k, v in _settings(a).items() if k != "seeds"}
+            same = all(prev["settings"].get(k) == _settings(a).get(k) for k in GRID_SETTINGS)
             if not same or prev.get("grid_learning_rates") != grid_lrs or len(prev["grid"]) != len(grid_lrs):
                 raise SystemExit("--reuse-grid: that file was made with other settings")
             grid = [{"config": {"learning_rate": g["lr"]}, "val": g["val"], "test": g["test"]} for g in prev["grid"]]
@@ -137,7 +138,10 @@ def main() -> None:
             rnd_pick = max(rnd, key=lambda r: r["val"])
             row = {"seed": seed,
                    "sh": {"test": sh_final["test"], "val_search": res.best_metric, "config": res.best_config,
-                          "steps": sh_steps, "search_steps": search_steps},
+                          "steps": sh_steps, "search_steps": search_steps,
+                          "trials": [{"trial": r["trial"], "rung": r["rung"], "steps": r["steps"],
+                                      "lr": r["config"]["learning_rate"], "val_accuracy": r["metric"],
+                                      "val_loss": (r.get("eval") or {}).get("loss")} for r in res.records]},
                    "random": {"test": rnd_pick["test"], "config": rnd_pick["config"], "steps": k * F, "trials": k,
                               "all": [{"lr": r["config"]["learning_rate"], "val": r["val"], "test": r["test"]}
                                       for r in rnd]}}
@@ -148,8 +152,12 @@ def main() -> None:
     print(json.dumps(_write(a, space, grid_lrs, grid, per_seed, t0, partial=False), indent=2))
 
 
+# what the grid's runs depend on (the search's settings do not matter to it)
+GRID_SETTINGS = ("train", "val", "test", "full_steps", "grid", "batch_size", "seq_len")
+
+
 def _settings(a) -> dict:
-    return {k: v for k, v in vars(a).items() if k != "reuse_grid"}
+    return {k: v for k, v in vars(a).items() if k not in ("reuse_grid", "name")}
 
 
 def _write(a, space, grid_lrs, grid, per_seed, t0, partial: bool) -> dict:
@@ -186,8 +194,8 @@ def _write(a, space, grid_lrs, grid, per_seed, t0, partial: bool) -> dict:
            "note": "compute in optimizer steps at the same batch size; the grid is trained once (seed 0); "
                    "written after the grid and after every seed (partial=true until all seeds are done)"}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "search_quality.json").write_text(json.dumps(out, indent=2) + "\n")
-    _plot(out, RESULTS / "search_quality.png")
+    (RESULTS / f"{a.name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    _plot(out, RESULTS / f"{a.name}.png")
     return summary
 
 
