@@ -132,36 +132,6 @@ def test_killed_run_resumes_without_rerunning_finished_trials(tmp_path, minilm, 
     assert not (out / "checkpoints").exists()
 
 
-def test_generation_path_through_the_pipeline(tmp_path):
-    """Tiny random Llama with a real tokenizer, a recommendation passed in (no advisor): the
-    baseline is the base model's loss, the metric eval loss, samples are generated."""
-    pytest.importorskip("torch")
-    from tiny_models import build_tiny_llama, easy_generation, small_tokenizer
-
-    from autoft.autotrain.pipeline import RunOptions, run
-
-    model = build_tiny_llama(tmp_path / "llama", small_tokenizer())
-    data = tmp_path / "gen.jsonl"
-    b = easy_generation(24, 8)
-    with open(data, "w") as f:
-        for r in b.splits["train"]:
-            f.write(json.dumps({"instruction": r["messages"][0]["content"], "input": "",
-                                "output": r["messages"][1]["content"]}) + "\n")
-    rec = {"model": {"id": model}, "technique": "lora", "batch_size": 4, "gradient_accumulation_steps": 1,
-           "seq_len": 32, "precision": "fp32", "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-           "search_space": {"learning_rate": [1e-3, 1e-2]}}
-    res = run(RunOptions(data=str(data), recommendation=rec, output=str(tmp_path / "out"), search_trials=2,
-                         eta=2, min_steps=2, max_steps=6, eval_every=3))
-    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert m["metric"] == "eval_loss" and res.task == "generation"
-    assert set(m["test"]) >= {"eval_loss", "perplexity"} and set(m["baseline"]) >= {"eval_loss", "perplexity"}
-    assert m["samples"] and all(isinstance(s["output"], str) for s in m["samples"])
-    recs = _records(tmp_path / "out")
-    assert len(recs) == 2 and all(r["higher_is_better"] is False for r in recs)
-    card = (tmp_path / "out" / "README.md").read_text()
-    assert "pipeline_tag: text-generation" in card and "library_name: peft" in card
-
-
 def _generation_job(tmp_path: Path) -> tuple[Path, dict]:
     from tiny_models import build_tiny_llama, easy_generation, small_tokenizer
 
@@ -176,6 +146,25 @@ def _generation_job(tmp_path: Path) -> tuple[Path, dict]:
            "seq_len": 32, "precision": "fp32", "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
            "search_space": {"learning_rate": [1e-3, 1e-2]}}
     return data, rec
+
+
+def test_generation_path_through_the_pipeline(tmp_path):
+    """Tiny random Llama with a real tokenizer, a recommendation passed in (no advisor): the
+    baseline is the base model's loss, the metric eval loss, samples are generated."""
+    pytest.importorskip("torch")
+    from autoft.autotrain.pipeline import RunOptions, run
+
+    data, rec = _generation_job(tmp_path)
+    res = run(RunOptions(data=str(data), recommendation=rec, output=str(tmp_path / "out"), search_trials=2,
+                         eta=2, min_steps=2, max_steps=6, eval_every=3))
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["metric"] == "eval_loss" and res.task == "generation"
+    assert set(m["test"]) >= {"eval_loss", "perplexity"} and set(m["baseline"]) >= {"eval_loss", "perplexity"}
+    assert m["samples"] and all(isinstance(s["output"], str) for s in m["samples"])
+    recs = _records(tmp_path / "out")
+    assert len(recs) == 2 and all(r["higher_is_better"] is False for r in recs)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "pipeline_tag: text-generation" in card and "library_name: peft" in card
 
 
 def test_interrupted_final_run_resumes_from_its_last_best_checkpoint(tmp_path):
