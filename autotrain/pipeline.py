@@ -4,8 +4,8 @@
 
 Steps: output folder -> data (or the built-in demo) -> profile -> recommendation (the advisor,
 or one passed in, or the one saved in a resumed folder) -> successive-halving search ->
-final fine-tune (best configuration, full budget, LR decay, early stopping on validation, best
-weights kept) -> test evaluation next to a baseline -> model, tokenizer, labels, metrics.json,
+final fine-tune (the search's winner continued from its checkpoint to the full budget with LR
+decay, or a fresh run without a search; early stopping on validation, best weights kept) -> test evaluation next to a baseline -> model, tokenizer, labels, metrics.json,
 model card, report with plots, and the run's own settings (`autoft-run.json`) with the exact
 `autoft run ...` command that reproduces it.
 
@@ -28,7 +28,8 @@ from typing import Any, Callable
 
 from autoft.advisor.question import fill_unset
 from autoft.autotrain.progress import Progress
-from autoft.autotrain.schedule import DEFAULT_HPARAMS, for_technique, parse_dim, parse_duration, warmup_steps
+from autoft.autotrain.schedule import (DEFAULT_HPARAMS, for_technique, parse_dim, parse_duration, search_step_cap,
+                                       warmup_steps)
 from autoft.autotrain.store import TrialStore, write_json
 from autoft.errors import AutoftError
 
@@ -427,10 +428,12 @@ def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory
     # -- search ---------------------------------------------------------------------------------
     search_res = None
     search_seconds = 0.0
-    if n_trials > 1 and final_steps >= min_steps:
+    start = None  # where the final run starts: the search winner's checkpoint, or step 0
+    if n_trials > 1 and search_step_cap(final_steps) >= min_steps:
         from autoft.autotrain.search import SearchSettings, run_search  # noqa: PLC0415
 
-        settings = SearchSettings(n_trials=n_trials, eta=opts.eta, min_steps=min_steps, max_steps=final_steps,
+        settings = SearchSettings(n_trials=n_trials, eta=opts.eta, min_steps=min_steps,
+                                  max_steps=search_step_cap(final_steps),
                                   time_budget_s=parse_duration(opts.time_budget), seed=opts.seed, metric=metric,
                                   higher_is_better=higher,
                                   warmup_steps=warmup_steps(DEFAULT_HPARAMS["warmup_ratio"], final_steps),
@@ -441,13 +444,18 @@ def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory
         search_seconds = search_res.seconds
         warnings += search_res.warnings
         config = dict(search_res.best_config)
+        if search_res.best_checkpoint:
+            start = {"trial": search_res.best_trial, "checkpoint": search_res.best_checkpoint,
+                     "steps": search_res.best_steps}
     else:
         if not opts.no_search:
-            warnings.append("search skipped: the final budget is below one rung")
+            warnings.append(f"search skipped: its first rung ({min_steps} steps) does not fit in "
+                            f"{search_step_cap(final_steps)} steps, 80% of the {final_steps} final steps")
         config = fixed_config(rec)
 
     # -- final fine-tune ------------------------------------------------------------------------
-    final = _final_run(trial_kwargs, config, final_steps, opts, metric, higher, out, progress, trial_factory)
+    final = _final_run(trial_kwargs, config, final_steps, opts, metric, higher, out, progress, trial_factory,
+                       start=start)
 
     # -- outputs --------------------------------------------------------------------------------
     progress.emit("stage", name="save", detail=str(out))
@@ -460,7 +468,8 @@ def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory
                "train_samples_per_second": final["samples_per_second"], "config": config,
                "model": model_id, "technique": technique, "seed": opts.seed, "merged": bool(opts.merge),
                "precision": precision, "device": device, "batch_size": batch_size, "grad_accum": grad_accum,
-               "best_trial": search_res.best_trial if search_res else None}
+               "best_trial": search_res.best_trial if search_res else None,
+               "continued_from_step": final["continued_from_step"]}
     if final.get("samples"):
         metrics["samples"] = final["samples"]
     write_json(out / "metrics.json", metrics)
@@ -480,10 +489,15 @@ def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory
 
 
 def _final_run(trial_kwargs: dict, config: dict, total: int, opts: RunOptions, metric: str, higher: bool,
-               out: Path, progress: Progress, trial_factory: Any) -> dict:
+               out: Path, progress: Progress, trial_factory: Any, start: dict | None = None) -> dict:
     """Train the chosen configuration for the full budget with linear decay; evaluate on
     validation every `eval_every` steps, keep the best weights, stop after `patience` evaluations
     without improvement; then test and baseline.
+
+    With `start` (the search winner's checkpoint and its steps) the winner itself continues: its
+    learning rate stayed constant through the search and now decays linearly from that step to 0
+    at `total` (warmup-stable-decay, see schedule.search_step_cap). The search's steps count
+    toward the budget instead of being trained again.
 
     Every new best is saved as a full checkpoint (weights, optimizer, scheduler, RNG, data
     position) in final-best/ with the run's bookkeeping (final-state.json). `--resume` continues
@@ -501,14 +515,30 @@ def _final_run(trial_kwargs: dict, config: dict, total: int, opts: RunOptions, m
     kw.update(hparams=hparams, lr_schedule="linear", total_steps=total, seed=opts.seed, max_eval_examples=None)
     eval_every = opts.eval_every or max(10, math.ceil(total / 10))
     best_dir = out / FINAL_CKPT
-    identity = {"config": config, "total_steps": total, "seed": opts.seed, "eval_every": eval_every}
+    from_step = int(start["steps"]) if start else 0
+    identity = {"config": config, "total_steps": total, "seed": opts.seed, "eval_every": eval_every,
+                "continued_from_step": from_step}
     state = _final_state(best_dir, identity) if opts.resume else None
     if state is None:
         shutil.rmtree(best_dir, ignore_errors=True)  # a stale one from another configuration
-        progress.emit("stage", name="final", detail=f"{total} steps, lr {config['learning_rate']:.3g}, linear decay")
-        trial = trial_factory(**kw)
-        state = {"history": {"train": [], "validation": [], "eval_every": eval_every}, "best": None,
-                 "best_step": 0, "samples": 0, "seconds": 0.0, "baseline": None}
+        state = {"history": {"train": [], "validation": [], "eval_every": eval_every, "start_step": from_step},
+                 "best": None, "best_step": 0, "samples": 0, "seconds": 0.0, "baseline": None}
+        if start and kw["task"] == "generation":
+            # the baseline is the base model: measure it before loading the trained winner
+            base = trial_factory(**kw)
+            try:
+                state["baseline"] = base.baseline_eval("test")
+            finally:
+                base.close()
+        if start:
+            progress.emit("stage", name="final", detail=f"trial {start['trial']} continues from step {from_step} "
+                          f"to {total}, lr {config['learning_rate']:.3g} decaying linearly from step {from_step}")
+            trial = trial_factory.load_checkpoint(
+                out / start["checkpoint"], trial_kwargs["bundle"], device=kw.get("device", "cpu"),
+                lr_schedule="linear", total_steps=total, decay_start=from_step, max_eval_examples=None)
+        else:
+            progress.emit("stage", name="final", detail=f"{total} steps, lr {config['learning_rate']:.3g}, linear decay")
+            trial = trial_factory(**kw)
     else:
         progress.emit("stage", name="final", detail=f"resuming at step {state['best_step']} of {total} "
                       f"(the last best checkpoint), lr {config['learning_rate']:.3g}, linear decay")
@@ -580,11 +610,12 @@ def _final_run(trial_kwargs: dict, config: dict, total: int, opts: RunOptions, m
         finished = True
     finally:
         trial.close()
-        if finished:  # otherwise it stays for --resume
+        if finished:  # otherwise they stay for --resume
             shutil.rmtree(best_dir, ignore_errors=True)
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the search winner's
     return {"test": test, "baseline": baseline, "validation": validation, "seconds": train_seconds,
             "steps": steps_trained, "best_step": best_step or steps_trained, "stopped_early": stopped,
-            "history": history, "samples": gen_samples,
+            "history": history, "samples": gen_samples, "continued_from_step": from_step,
             "samples_per_second": round(samples / train_seconds, 2) if train_seconds > 0 else None}
 
 

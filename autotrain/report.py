@@ -65,6 +65,8 @@ def plot_final(history: dict, path: Path, metric: str = "metric") -> Path | None
     vl = [h for h in val if isinstance(h.get("loss"), (int, float))]
     if vl:
         ax.plot([h["step"] for h in vl], [h["loss"] for h in vl], "o-", label="validation loss")
+    if history.get("start_step"):
+        ax.axvline(history["start_step"], color="grey", ls=":", lw=1, label="search winner continued (decay starts)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -102,7 +104,13 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
              f"- task: {metrics.get('task')}; selection metric: validation {metric}",
              f"- search: {_fmt(metrics.get('search_seconds'))} s; final fine-tune: "
              f"{_fmt(metrics.get('train_seconds'))} s ({metrics.get('final_steps')} steps, "
-             f"{_fmt(metrics.get('train_samples_per_second'))} samples/s)", ""]
+             f"{_fmt(metrics.get('train_samples_per_second'))} samples/s)"]
+    if metrics.get("continued_from_step"):
+        lines.append(f"- the final run continued the search's trial {best_trial} from its checkpoint at step "
+                     f"{metrics['continued_from_step']} (constant learning rate so far), with linear decay to 0 "
+                     f"at step {metrics.get('planned_steps')}: those {metrics['continued_from_step']} steps were "
+                     "not trained again")
+    lines.append("")
     lines += ["## Test results", "", "| metric | fine-tuned | baseline |", "|---|---:|---:|"]
     test, base = metrics.get("test") or {}, metrics.get("baseline") or {}
     for k in ("accuracy", "macro_f1", "loss", "eval_loss", "perplexity"):

@@ -88,6 +88,28 @@ def total_cost_steps(rungs: list[Rung]) -> int:
     return sum(r.cost_steps for r in rungs)
 
 
+# The final run continues the search's winner from its last checkpoint: constant learning rate in
+# the search, then linear decay to 0 (a warmup-stable-decay schedule). A decay over the last 20% of
+# the steps matches a cosine schedule of the same length (Hagele et al. 2024, "Scaling Laws and
+# Compute-Optimal Training Beyond Fixed Training Durations", arXiv:2405.18392), so no search rung
+# may train past 80% of the final run's steps.
+MIN_DECAY_FRACTION = 0.2
+
+
+def search_step_cap(final_steps: int) -> int:
+    """The most steps a search trial may train when the winner continues into a final run of
+    `final_steps` steps: the rest, at least MIN_DECAY_FRACTION of them, is the decay."""
+    return max(0, math.floor(final_steps * (1 - MIN_DECAY_FRACTION)))
+
+
+def continued_cost_steps(rungs: list[Rung], final_steps: int) -> int:
+    """Optimizer steps of search plus final run when the final run continues the winner (which
+    trained rungs[-1].budget_steps of its steps in the search)."""
+    if not rungs:
+        return final_steps
+    return total_cost_steps(rungs) + max(0, final_steps - rungs[-1].budget_steps)
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampling configurations
 # ---------------------------------------------------------------------------------------------

@@ -11,9 +11,11 @@ How it runs (one process, trials one after another):
 - every trial uses the same seed (common random numbers: same head initialisation and data order)
   so that rung comparisons measure the hyperparameters, not the luck of the draw;
 - a trial trains with constant learning rate after warmup (decay only in the final run), is
-  evaluated on the validation split, saves a checkpoint (unless in the last rung) and is closed
+  evaluated on the validation split, saves a checkpoint and is closed
   (`trial.close()` frees its memory) before the next one starts; a promoted trial is rebuilt
   from its checkpoint and *continues* to the next rung's budget;
+- the winner's last checkpoint is kept (`SearchResult.best_checkpoint`): the final run continues
+  it rather than training the same configuration again from step 0; every other is removed;
 - every finished trial-rung is appended to `trials.jsonl` (`store.TrialStore`) at once; a resumed
   search skips the trial-rungs found there and continues promoted trials from their checkpoints;
 - out of memory: half the micro-batch, double the accumulation (same effective batch) and retry;
@@ -83,6 +85,10 @@ class SearchResult:
     stopped_by_time: bool = False
     warnings: list[str] = field(default_factory=list)
     promote_by: str = "loss"
+    # the winner's last checkpoint (relative to the search folder) and the steps it has trained;
+    # None when it has none (a search written before checkpoints were kept in the last rung)
+    best_checkpoint: str | None = None
+    best_steps: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -226,7 +232,7 @@ def run_search(trial_kwargs: dict, search_space: dict, settings: SearchSettings,
             progress.emit("trial_start", rung=rung.index, trial=t, index=k, n_trials=len(alive),
                           config=configs[t])
             try:
-                rec = _run_trial_rung(trial_factory, trial_kwargs, configs[t], t, rung, last, s, warmup,
+                rec = _run_trial_rung(trial_factory, trial_kwargs, configs[t], t, rung, s, warmup,
                                       store, out, progress, elapsed, done_steps)
             except _OutOfTime:
                 stopped = True
@@ -256,11 +262,14 @@ def run_search(trial_kwargs: dict, search_space: dict, settings: SearchSettings,
         statuses = sorted({r.get("status") for r in store.records})
         raise AutoftError(f"every search trial failed ({', '.join(statuses) or 'none finished'})",
                           "lower the learning-rate range, raise --time-budget or use --no-search")
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final run starts fresh
+    ckpt = best.get("checkpoint")
+    if not (ckpt and (out / ckpt / "trial.json").is_file()):
+        ckpt = None
+    _drop_checkpoints_except(out, ckpt)
     return SearchResult(best_trial=best["trial"], best_config=configs[best["trial"]], best_metric=best["metric"],
                         metric=s.metric, rungs=rungs, configs=configs, records=list(store.records),
                         seconds=round(elapsed(), 2), stopped_by_time=stopped, warnings=warnings,
-                        promote_by=s.promote_by)
+                        promote_by=s.promote_by, best_checkpoint=ckpt, best_steps=int(best["steps"]) if ckpt else 0)
 
 
 def _ckpt_dir(out: Path, trial: int, rung: int) -> Path:
@@ -274,9 +283,24 @@ def _drop_checkpoints(out: Path, rung: int) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _run_trial_rung(factory, trial_kwargs: dict, config: dict, t: int, rung: Rung, last: bool,
-                    s: SearchSettings, warmup: int, store: TrialStore, out: Path, progress: Progress,
-                    elapsed: Callable[[], float], done_base: int) -> dict:
+def _drop_checkpoints_except(out: Path, keep: str | None) -> None:
+    """Remove every search checkpoint but `keep` (relative to out), and empty trial folders."""
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return
+    keep_path = (out / keep).resolve() if keep else None
+    for d in root.glob("trial-*/rung-*"):
+        if d.resolve() != keep_path:
+            shutil.rmtree(d, ignore_errors=True)
+    for d in root.glob("trial-*"):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    if not any(root.iterdir()):
+        root.rmdir()
+
+
+def _run_trial_rung(factory, trial_kwargs: dict, config: dict, t: int, rung: Rung, s: SearchSettings,
+                    warmup: int, store: TrialStore, out: Path, progress: Progress, elapsed: Callable[[], float], done_base: int) -> dict:
     prev = store.get(t, rung.index - 1) if rung.index > 0 else None
     bs = int((prev or {}).get("batch_size") or trial_kwargs.get("batch_size", 8))
     accum = int((prev or {}).get("grad_accum") or trial_kwargs.get("grad_accum", 1))
@@ -329,10 +353,10 @@ def _run_trial_rung(factory, trial_kwargs: dict, config: dict, t: int, rung: Run
             metric = evals.get(s.metric)
             if metric is None or metric != metric:  # NaN metric: treat as diverged
                 raise _diverged_type()(trial.steps_done, float("nan"))
-            if not last:
-                ckpt = _ckpt_dir(out, t, rung.index)
-                trial.save_checkpoint(ckpt)
-                ckpt = str(ckpt.relative_to(out))
+            # (in the last rung too: the winner's checkpoint is where the final run starts)
+            ckpt = _ckpt_dir(out, t, rung.index)
+            trial.save_checkpoint(ckpt)
+            ckpt = str(ckpt.relative_to(out))
             break
         except _OutOfTime:
             raise

@@ -69,6 +69,9 @@ class Trial:
         seed: seeds torch, the model's new weights (head, LoRA) and the data order.
         lr_schedule: "constant" (after warmup; the search) or "linear"/"cosine" decay to 0 at
             total_steps (the final run; total_steps required).
+        decay_start: optimizer step where the decay begins (default: the end of warmup). The final
+            run that continues the search's winner starts its decay there: constant learning rate
+            in the search, then decay (a warmup-stable-decay schedule).
         total_steps: planned optimizer steps (for decay and warmup_ratio).
         warmup_steps: linear warmup steps (hparams' warmup_steps/warmup_ratio take precedence).
         label_names: class names in id order (default: bundle.label_names).
@@ -87,7 +90,7 @@ class Trial:
                  hparams: dict | None = None, batch_size: int = 8, grad_accum: int = 1,
                  seq_len: int = 128, precision: str = "fp32", gradient_checkpointing: bool = False,
                  device: str = "cpu", seed: int = 0, lr_schedule: str = "constant",
-                 total_steps: int | None = None, warmup_steps: int = 0,
+                 total_steps: int | None = None, warmup_steps: int = 0, decay_start: int | None = None,
                  label_names: list[str] | None = None, trust_remote_code: bool = False,
                  max_eval_examples: int | None = None, optimizer: str = "adamw",
                  packing: bool = False, log_every: int = 10):
@@ -102,7 +105,7 @@ class Trial:
                          seq_len=seq_len, precision=precision,
                          gradient_checkpointing=gradient_checkpointing, device=device, seed=seed,
                          lr_schedule=lr_schedule, total_steps=total_steps,
-                         warmup_steps=warmup_steps, label_names=label_names,
+                         warmup_steps=warmup_steps, decay_start=decay_start, label_names=label_names,
                          trust_remote_code=trust_remote_code, max_eval_examples=max_eval_examples,
                          optimizer=optimizer, packing=packing, log_every=log_every)
         # -- validate arguments (one-line errors, before any model is loaded) --
@@ -142,6 +145,7 @@ class Trial:
         elif "warmup_ratio" in hparams and total_steps:
             warmup_steps = int(round(float(hparams["warmup_ratio"]) * total_steps))
         self.warmup_steps, self.total_steps, self.lr_schedule = int(warmup_steps), total_steps, lr_schedule
+        self.decay_start = max(self.warmup_steps, int(decay_start or 0))
         self.label_names = list(label_names or getattr(bundle, "label_names", None) or []) if task == "classification" else []
         if task == "classification" and len(self.label_names) < 2:
             raise AutoftError("classification needs at least 2 label names", "check the data's label column")
@@ -199,13 +203,14 @@ class Trial:
 
     def _lr_factor(self, step: int) -> float:
         """Multiplier of the base LR at optimizer step `step`: linear warmup, then constant
-        (search) or linear/cosine decay to 0 at total_steps (final run)."""
+        (search) or constant until decay_start and linear/cosine decay to 0 at total_steps (final
+        run)."""
         if step < self.warmup_steps:
             return (step + 1) / (self.warmup_steps + 1)
-        if self.lr_schedule == "constant":
+        if self.lr_schedule == "constant" or step < self.decay_start:
             return 1.0
-        span = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
+        span = max(1, self.total_steps - self.decay_start)
+        progress = min(1.0, (step - self.decay_start) / span)
         if self.lr_schedule == "linear":
             return 1.0 - progress
         return 0.5 * (1.0 + math.cos(math.pi * progress))

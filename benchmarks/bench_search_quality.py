@@ -6,8 +6,9 @@ grid trained at full budget. MiniLM (real weights) fully fine-tuned on an sst2 s
   validation accuracy; its compute is G x F optimizer steps. Trained once (seed 0): it is the
   reference.
 - successive halving (autoft's `run_search`): n configurations (learning rate log-uniform +
-  weight decay), eta 3, first rung r steps, survivors continue from checkpoints; then the final
-  run of the winner for F steps with linear decay. Compute: search steps + F.
+  weight decay), eta 3, first rung r steps, survivors continue from checkpoints, no rung past 80%
+  of F; then, as `autoft run` does, the winner continues from its last checkpoint to F steps with
+  linear decay from there (warmup-stable-decay). Compute: search steps + F - the winner's steps.
 - random search at the same total budget: floor(SH compute / F) random configurations (same
   sampler, other seed stream), each trained for F steps; pick by validation.
 For seeds 0..S-1. Regret = the grid's best test accuracy (oracle, max over the grid) minus the
@@ -56,6 +57,22 @@ def train_full(model, bundle, cfg, steps, seed, bs, seq_len) -> dict:
     return {"config": cfg, "val": val, "test": test, "steps": steps}
 
 
+def continue_winner(model_dir: Path, res, bundle, steps: int) -> dict:
+    """The search's winner continued from its last checkpoint to `steps`, decaying linearly from
+    the step it reached (what `autoft run` does); validation and test accuracy."""
+    from autoft.autotrain.trainer import Trial
+
+    tr = Trial.load_checkpoint(model_dir / res.best_checkpoint, bundle, lr_schedule="linear", total_steps=steps,
+                               decay_start=res.best_steps, max_eval_examples=None)
+    try:
+        tr.train(steps - tr.steps_done)
+        val = tr.evaluate("validation")["accuracy"]
+        test = tr.evaluate("test")["accuracy"]
+    finally:
+        tr.close()
+    return {"config": res.best_config, "val": val, "test": test, "steps": steps}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
@@ -84,8 +101,8 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     from autoft.autotrain.data import load_data
     from autoft.autotrain.schedule import sample_configs
+    from autoft.autotrain.schedule import search_step_cap, total_cost_steps
     from autoft.autotrain.search import SearchSettings, plan_rungs, run_search
-    from autoft.autotrain.schedule import total_cost_steps
 
     model = minilm()
     space = {"learning_rate": [1e-5, 1e-4], "weight_decay": [0.0, 0.1]}  # the advisor's full-FT space
@@ -121,15 +138,16 @@ def main() -> None:
         _write(a, space, grid_lrs, grid, per_seed, t0, partial=True)
         for seed in range(a.seeds):
             # -- successive halving + final --
-            s = SearchSettings(n_trials=a.n_configs, eta=a.eta, min_steps=a.min_steps, max_steps=F, seed=seed,
+            s = SearchSettings(n_trials=a.n_configs, eta=a.eta, min_steps=a.min_steps, max_steps=search_step_cap(F),
+                               seed=seed,
                                metric="accuracy", warmup_steps=max(1, int(0.06 * F)))
             out = tmp / f"sh-{seed}"
             kw = dict(model_source=model, bundle=bundle, task="classification", technique="full",
                       batch_size=a.batch_size, seq_len=a.seq_len, device="cpu")
             res = run_search(kw, space, s, out)
             search_steps = total_cost_steps(plan_rungs(s))
-            sh_final = train_full(model, bundle, res.best_config, F, seed, a.batch_size, a.seq_len)
-            sh_steps = search_steps + F
+            sh_final = continue_winner(out, res, bundle, F)
+            sh_steps = search_steps + F - res.best_steps  # the winner's search steps count toward F
             shutil.rmtree(out, ignore_errors=True)
             # -- random search at the same total budget --
             k = max(1, math.ceil(sh_steps / F))  # at least the same budget as SH
@@ -138,7 +156,7 @@ def main() -> None:
             rnd_pick = max(rnd, key=lambda r: r["val"])
             row = {"seed": seed,
                    "sh": {"test": sh_final["test"], "val_search": res.best_metric, "config": res.best_config,
-                          "steps": sh_steps, "search_steps": search_steps,
+                          "steps": sh_steps, "search_steps": search_steps, "continued_from_step": res.best_steps,
                           "trials": [{"trial": r["trial"], "rung": r["rung"], "steps": r["steps"],
                                       "lr": r["config"]["learning_rate"], "val_accuracy": r["metric"],
                                       "val_loss": (r.get("eval") or {}).get("loss")} for r in res.records]},

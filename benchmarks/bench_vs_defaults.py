@@ -4,7 +4,8 @@ same model (MiniLM) and data (an sst2 subset), vs `autoft run` (advisor + succes
 search + final run with early stopping) at equal or less total compute, search included.
 
 Compute = training samples processed (optimizer steps x effective batch), counted from the
-runs themselves (Trainer's global_step; autoft's trials.jsonl + metrics.json).
+runs themselves (Trainer's global_step; autoft's trials.jsonl + metrics.json: search steps plus
+the final run's steps after the search winner's checkpoint it continued from).
 
     python benchmarks/bench_vs_defaults.py [--train 1600] [--seeds 1]
 
@@ -90,7 +91,9 @@ def autoft_run(data: Path, model: str, seed: int, tmp: Path, max_steps: int, tri
     prev = {r["index"]: r["prev_budget_steps"] for r in search["rungs"]}
     search_steps = sum(r["steps"] - prev[r["rung"]] for r in recs)
     return {"test_accuracy": res.test["accuracy"], "final_steps": m["final_steps"], "search_steps": search_steps,
-            "samples": (search_steps + m["final_steps"]) * eff, "effective_batch": eff, "technique": res.technique,
+            "continued_from_step": m.get("continued_from_step", 0),
+            "samples": (search_steps + m["final_steps"] - m.get("continued_from_step", 0)) * eff,
+            "effective_batch": eff, "technique": res.technique,
             "config": res.config, "seconds": round(secs, 1), "search_seconds": m["search_seconds"],
             "train_seconds": m["train_seconds"]}
 
@@ -104,7 +107,9 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--search-trials", type=int, default=6)
     ap.add_argument("--min-steps", type=int, default=15)
-    ap.add_argument("--max-steps", type=int, default=150, help="autoft's final run (search adds the rest)")
+    ap.add_argument("--max-steps", type=int, default=195,
+                    help="autoft's final run, counting the search winner's 45 steps it continues (6 x 15 + "
+                    "2 x 30 search steps + 195 - 45 = 300, the by-hand run's steps)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     import torch

@@ -167,6 +167,70 @@ def test_generation_path_through_the_pipeline(tmp_path):
     assert "pipeline_tag: text-generation" in card and "library_name: peft" in card
 
 
+def test_final_run_continues_the_search_winner(tmp_path):
+    """The search's winner goes on from its last checkpoint to the full budget (its search steps
+    are not trained again); the generation baseline is still the untrained base model."""
+    pytest.importorskip("torch")
+    from autoft.autotrain.pipeline import RunOptions, run
+    from autoft.autotrain.trainer import Trial
+
+    calls: list = []
+
+    class Logged(Trial):
+        def train(self, steps, on_step=None):
+            calls.append((self.hparams["learning_rate"], self.steps_done, steps, self.lr_schedule))
+            return super().train(steps, on_step)
+
+    data, rec = _generation_job(tmp_path)
+    out = tmp_path / "out"
+    # 2 configurations x 2 steps, then the winner continues to 10 (the single-trial rung is dropped)
+    res = run(RunOptions(data=str(data), recommendation=rec, output=str(out), search_trials=2, eta=2,
+                         min_steps=2, max_steps=10, eval_every=3), trial_factory=Logged)
+    m = json.loads((out / "metrics.json").read_text())
+    recs = _records(out)
+    assert [(r["rung"], r["steps"]) for r in recs] == [(0, 2), (0, 2)]
+    assert m["continued_from_step"] == 2 and m["final_steps"] == 10
+    final = [c for c in calls if c[3] == "linear"]
+    assert [(start, n) for _, start, n, _ in final] == [(2, 3), (5, 3), (8, 2)]  # from step 2, not 0
+    assert {lr for lr, *_ in final} == {res.config["learning_rate"]}
+    assert sum(n for *_, n, _ in calls) == 2 * 2 + (10 - 2)  # search + the rest, no step trained twice
+    assert not (out / "checkpoints").exists()  # the winner's checkpoint goes once the model is saved
+    assert "continued the search's trial" in (out / "report.md").read_text()
+    # the baseline is the base model, as in a run without a search
+    run(RunOptions(data=str(data), recommendation=rec, output=str(tmp_path / "plain"), no_search=True,
+                   max_steps=4, eval_every=2))
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert m["baseline"]["eval_loss"] == pytest.approx(plain["baseline"]["eval_loss"], rel=1e-6)
+    assert plain["continued_from_step"] == 0
+
+
+def test_continued_final_run_interrupted_before_its_first_best_resumes_from_the_search_winner(tmp_path):
+    """Ctrl-C before the continued final run saved anything: the winner's search checkpoint is
+    still there, so --resume continues it again from its search steps, not from step 0."""
+    pytest.importorskip("torch")
+    from autoft.autotrain.pipeline import FINAL_CKPT, RunOptions, run
+
+    data, rec = _generation_job(tmp_path)
+    common = dict(data=str(data), recommendation=rec, search_trials=2, eta=2, min_steps=2, max_steps=10,
+                  eval_every=3)
+    ref = run(RunOptions(output=str(tmp_path / "ref"), **common))
+    out = tmp_path / "out"
+
+    def interrupt_final(ev: dict) -> None:
+        if ev["kind"] == "step" and ev.get("phase") == "final":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(RunOptions(output=str(out), **common), progress=interrupt_final)
+    assert not (out / FINAL_CKPT).exists() and len(list((out / "checkpoints").glob("trial-*/rung-0"))) == 1
+    steps: list = []
+    res = run(RunOptions(resume=str(out)),
+              progress=lambda ev: steps.append((ev.get("phase"), ev["step"])) if ev["kind"] == "step" else None)
+    assert steps == [("final", 5), ("final", 8), ("final", 10)]  # no search step, final from step 2
+    assert res.test["eval_loss"] == pytest.approx(ref.test["eval_loss"], rel=1e-5)
+    assert not (out / "checkpoints").exists()
+
+
 def test_interrupted_final_run_resumes_from_its_last_best_checkpoint(tmp_path):
     """Ctrl-C in the middle of the final fine-tune; --resume continues from the last best
     checkpoint (not from step 0) and ends exactly where an uninterrupted run ends."""

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from autoft.autotrain.schedule import (
-    DEFAULT_HPARAMS, Rung, parse_duration, sample_configs, search_dims, successive_halving,
-    survivors, total_cost_steps, warmup_steps,
+    DEFAULT_HPARAMS, Rung, continued_cost_steps, parse_duration, sample_configs, search_dims, search_step_cap,
+    successive_halving, survivors, total_cost_steps, warmup_steps,
 )
 from autoft.errors import AutoftError
 
@@ -33,6 +33,16 @@ def test_max_steps_cuts_the_schedule_and_leaves_several_in_the_last_rung():
     rungs = successive_halving(27, eta=3, min_steps=10, max_steps=100)
     assert [(r.n_trials, r.budget_steps) for r in rungs] == [(27, 10), (9, 30), (3, 90)]
     assert all(r.budget_steps <= 100 for r in rungs)
+
+
+def test_search_rungs_leave_a_fifth_of_the_final_run_for_the_decay():
+    assert search_step_cap(240) == 192 and search_step_cap(10) == 8 and search_step_cap(1) == 0
+    # 240 final steps: the 144-step rung fits under the cap, a 432-step one would not
+    rungs = successive_halving(6, 3, 48, search_step_cap(240))
+    assert [(r.n_trials, r.budget_steps) for r in rungs] == [(6, 48), (2, 144)]
+    # the winner's 144 search steps count toward the final run: 6*48 + 2*96 + (240 - 144)
+    assert continued_cost_steps(rungs, 240) == 288 + 192 + 96
+    assert continued_cost_steps([], 240) == 240
 
 
 def test_single_config_and_survivors():

@@ -106,7 +106,12 @@ def test_search_follows_the_schedule_and_continues_from_checkpoints(tiny_model, 
     assert all(r["status"] == "ok" and r["seconds"] > 0 for r in records)
     best = max(records[6:], key=lambda r: (r["metric"], -r["trial"]))
     assert res.best_trial == best["trial"] and res.best_config == best["config"]
-    assert not (tmp_path / "checkpoints").exists()  # cleaned up after the search
+    # only the winner's last checkpoint is left (the final run continues it), at the rung's steps
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "checkpoints").glob("trial-*/rung-*"))
+    assert left == [res.best_checkpoint] == [f"checkpoints/trial-{res.best_trial:03d}/rung-1"]
+    assert res.best_steps == 9
+    assert json.loads((tmp_path / res.best_checkpoint / "trial.json").read_text())["steps_done"] == 9
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [f"trial-{res.best_trial:03d}"]
     kinds = {e["kind"] for e in rec.events}
     assert {"rung_start", "trial_start", "step", "trial_end", "rung_end"} <= kinds
     assert all("eta_s" in e for e in rec.of("step"))

@@ -166,6 +166,28 @@ def test_lr_schedules(llama_dir):
     t.close(), r.close()
 
 
+def test_a_continued_trial_decays_from_where_the_search_stopped(llama_dir, tmp_path):
+    """Warmup-stable-decay: a constant-rate search trial continued with decay_start keeps its
+    learning rate up to that step, then decays linearly to 0 at total_steps."""
+    t = Trial(llama_dir, easy_generation(8, 2), task="generation", technique="full",
+              hparams={"learning_rate": 1e-3, "warmup_steps": 1})
+    t.train(4)
+    t.save_checkpoint(tmp_path / "c")
+    t.close()
+    c = Trial.load_checkpoint(tmp_path / "c", easy_generation(8, 2), lr_schedule="linear", total_steps=10,
+                              decay_start=4)
+    lrs = lambda: {round(g["lr"], 12) for g in c.optimizer.param_groups}  # noqa: E731
+    assert c.steps_done == 4 and lrs() == {1e-3}
+    assert [c._lr_factor(s) for s in (1, 3, 4, 7, 10)] == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.0])
+    c.train(3)
+    assert lrs() == {0.5e-3}  # after step 7 of 10
+    c.save_checkpoint(tmp_path / "d")  # a resumed final run rebuilds the same schedule
+    c.close()
+    d = Trial.load_checkpoint(tmp_path / "d", easy_generation(8, 2))
+    assert (d.decay_start, d.total_steps, d.lr_schedule) == (4, 10, "linear")
+    d.close()
+
+
 # -- MiniLM classification, every technique ---------------------------------------------------
 @needs_minilm
 @pytest.mark.parametrize("technique", ["full", "freeze", "lora", pytest.param("qlora", marks=pytest.mark.slow)])
