@@ -5,9 +5,10 @@
 Steps: output folder -> data (or the built-in demo) -> profile -> recommendation (the advisor,
 or one passed in, or the one saved in a resumed folder) -> successive-halving search ->
 final fine-tune (the search's winner continued from its checkpoint to the full budget with LR
-decay, or a fresh run without a search; early stopping on validation, best weights kept) -> test evaluation next to a baseline -> model, tokenizer, labels, metrics.json,
-model card, report with plots, and the run's own settings (`autoft-run.json`) with the exact
-`autoft run ...` command that reproduces it.
+decay, or a fresh run without a search; early stopping on validation, best weights kept) -> test
+evaluation next to a baseline -> model, tokenizer, labels, metrics.json, model card, report with
+plots, and the run's own settings (`autoft-run.json`) with the exact `autoft run ...` command that
+reproduces it.
 
 Files in the output folder (the model is saved at its root, like a Trainer output folder, so
 `PeftModel.from_pretrained(base, DIR)` / `AutoModel...from_pretrained(DIR)` load it directly):

@@ -300,7 +300,8 @@ def _drop_checkpoints_except(out: Path, keep: str | None) -> None:
 
 
 def _run_trial_rung(factory, trial_kwargs: dict, config: dict, t: int, rung: Rung, s: SearchSettings,
-                    warmup: int, store: TrialStore, out: Path, progress: Progress, elapsed: Callable[[], float], done_base: int) -> dict:
+                    warmup: int, store: TrialStore, out: Path, progress: Progress,
+                    elapsed: Callable[[], float], done_base: int) -> dict:
     prev = store.get(t, rung.index - 1) if rung.index > 0 else None
     bs = int((prev or {}).get("batch_size") or trial_kwargs.get("batch_size", 8))
     accum = int((prev or {}).get("grad_accum") or trial_kwargs.get("grad_accum", 1))

@@ -101,7 +101,7 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     from autoft.autotrain.data import load_data
     from autoft.autotrain.schedule import sample_configs
-    from autoft.autotrain.schedule import search_step_cap, total_cost_steps
+    from autoft.autotrain.schedule import continued_cost_steps, search_step_cap, total_cost_steps
     from autoft.autotrain.search import SearchSettings, plan_rungs, run_search
 
     model = minilm()
@@ -147,7 +147,7 @@ def main() -> None:
             res = run_search(kw, space, s, out)
             search_steps = total_cost_steps(plan_rungs(s))
             sh_final = continue_winner(out, res, bundle, F)
-            sh_steps = search_steps + F - res.best_steps  # the winner's search steps count toward F
+            sh_steps = continued_cost_steps(plan_rungs(s), F)  # the winner's search steps count toward F
             shutil.rmtree(out, ignore_errors=True)
             # -- random search at the same total budget --
             k = max(1, math.ceil(sh_steps / F))  # at least the same budget as SH
