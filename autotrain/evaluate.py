@@ -7,6 +7,12 @@ from collections import Counter
 from typing import Sequence
 
 
+def validation_loss(ev: dict | None) -> float | None:
+    """The loss in a `Trial.evaluate()` result: `loss` (classification) or `eval_loss` (generation)."""
+    ev = ev or {}
+    return ev.get("loss", ev.get("eval_loss"))
+
+
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict:
     """y_true/y_pred are class ids into `labels`. Returns {accuracy, macro_f1, per_class
     {label: {precision, recall, f1, support}}, confusion_matrix (rows true, cols predicted),

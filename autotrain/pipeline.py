@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autoft.advisor.question import fill_unset
+from autoft.autotrain.evaluate import validation_loss
 from autoft.autotrain.progress import Progress
-from autoft.autotrain.schedule import (DEFAULT_HPARAMS, for_technique, parse_dim, parse_duration, search_step_cap,
-                                       warmup_steps)
+from autoft.autotrain.schedule import (DEFAULT_HPARAMS, MIN_DECAY_FRACTION, for_technique, parse_dim,
+                                       parse_duration, search_step_cap, warmup_steps)
 from autoft.autotrain.store import TrialStore, write_json
 from autoft.errors import AutoftError
 
@@ -430,11 +431,12 @@ def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory
     search_res = None
     search_seconds = 0.0
     start = None  # where the final run starts: the search winner's checkpoint, or step 0
-    if n_trials > 1 and search_step_cap(final_steps) >= min_steps:
+    step_cap = search_step_cap(final_steps)  # no rung so long that the final run has no room to decay
+    if n_trials > 1 and step_cap >= min_steps:
         from autoft.autotrain.search import SearchSettings, run_search  # noqa: PLC0415
 
         settings = SearchSettings(n_trials=n_trials, eta=opts.eta, min_steps=min_steps,
-                                  max_steps=search_step_cap(final_steps),
+                                  max_steps=step_cap,
                                   time_budget_s=parse_duration(opts.time_budget), seed=opts.seed, metric=metric,
                                   higher_is_better=higher,
                                   warmup_steps=warmup_steps(DEFAULT_HPARAMS["warmup_ratio"], final_steps),
@@ -451,7 +453,7 @@ def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory
     else:
         if not opts.no_search:
             warnings.append(f"search skipped: its first rung ({min_steps} steps) does not fit in "
-                            f"{search_step_cap(final_steps)} steps, 80% of the {final_steps} final steps")
+                            f"{step_cap} steps, {1 - MIN_DECAY_FRACTION:.0%} of the {final_steps} final steps")
         config = fixed_config(rec)
 
     # -- final fine-tune ------------------------------------------------------------------------
@@ -575,11 +577,10 @@ def _final_run(trial_kwargs: dict, config: dict, total: int, opts: RunOptions, m
                     n = min(eval_every, total - trial.steps_done)
             samples += int(res.get("samples") or 0)
             ev = trial.evaluate("validation", max_examples=opts.max_eval_examples)
-            val = ev.get(metric)
-            history["validation"].append({"step": trial.steps_done, metric: val,
-                                          "loss": ev.get("loss", ev.get("eval_loss"))})
+            val, val_loss = ev.get(metric), validation_loss(ev)
+            history["validation"].append({"step": trial.steps_done, metric: val, "loss": val_loss})
             progress.emit("eval", phase="final", step=trial.steps_done, metric_name=metric, metric=val,
-                          loss=ev.get("loss", ev.get("eval_loss")))
+                          loss=val_loss)
             improved = val is not None and (best is None or (val > best if higher else val < best))
             if improved:
                 best, best_step, bad = val, trial.steps_done, 0

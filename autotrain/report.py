@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autoft.autotrain.evaluate import validation_loss
+
 
 def _plt():
     import matplotlib  # noqa: PLC0415
@@ -139,8 +141,8 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
             other = ", ".join(f"{k} {v}" for k, v in cfg.items()
                               if k in ("lora_r", "lora_dropout", "weight_decay", "layer_decay", "warmup_ratio"))
             lines.append(f"| {r['trial']} | {r['rung'] + 1} | {r['steps']} | {_fmt(cfg.get('learning_rate'))} | "
-                         f"{other} | {_fmt(r.get('metric'))} | {_fmt(_val_loss(r))} | {r.get('status')} | "
-                         f"{_fmt(r.get('seconds'))} |")
+                         f"{other} | {_fmt(r.get('metric'))} | {_fmt(validation_loss(r.get('eval')))} | "
+                         f"{r.get('status')} | {_fmt(r.get('seconds'))} |")
         lines.append("")
     lines += ["## Final fine-tune", "", "Configuration: `" + ", ".join(f"{k}={v}" for k, v in
                                                                         (metrics.get("config") or {}).items()) + "`", ""]
@@ -163,11 +165,6 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
-
-
-def _val_loss(record: dict):
-    ev = record.get("eval") or {}
-    return ev.get("loss", ev.get("eval_loss"))
 
 
 def _promotion_sentence(search: dict, metric: str) -> str:

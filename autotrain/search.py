@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from autoft.autotrain.evaluate import validation_loss
 from autoft.autotrain.progress import Progress
 from autoft.autotrain.schedule import Rung, sample_configs, successive_halving, total_cost_steps
 from autoft.autotrain.store import OK_STATUSES, TrialStore, write_json
@@ -135,8 +136,7 @@ def smaller_micro_batch(bs: int, accum: int) -> tuple[int, int]:
 
 
 def _loss_of(r: dict) -> float:
-    ev = r.get("eval") or {}
-    loss = ev.get("loss", ev.get("eval_loss"))
+    loss = validation_loss(r.get("eval"))
     return float("inf") if loss is None or loss != loss else float(loss)
 
 
