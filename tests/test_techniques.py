@@ -179,3 +179,29 @@ def test_qlora_apply_on_4bit_model_trains_adapters_and_head(tmp_path):
     t = trainable(m)
     assert any("classifier.modules_to_save" in n for n in t)
     assert all("lora_" in n or "modules_to_save" in n for n in t)
+
+
+def test_qlora_evaluation_between_training_steps_leaves_the_4bit_base_as_quantised(tmp_path):
+    # bitsandbytes repacks 4-bit weights for its CPU inference kernel on an eval-mode forward
+    # (on AVX512-BF16 CPUs) and requantises them when training resumes; apply() must prevent it.
+    # Without it the base drifts and logits of the same model change between two evaluations.
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)  # wide enough for bitsandbytes' packed CPU layout (it fails on tiny_bert's)
+    BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=256, intermediate_size=512,
+                                             num_hidden_layers=2, num_attention_heads=4)).save_pretrained(tmp_path)
+    m = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path, quantization_config=qlora.quantization_config("fp32"), device_map={"": "cpu"})
+    m = qlora.apply(m, qlora.QLoraConfig(lora_r=4), "classification")
+    before = {k: v.clone() for k, v in m.state_dict().items() if "base_layer.weight" in k}
+    ids = torch.randint(5, 60, (2, 12))
+    m.eval()
+    with torch.no_grad():
+        first = m(input_ids=ids).logits
+    m.train()
+    m.eval()
+    with torch.no_grad():
+        again = m(input_ids=ids).logits
+    after = {k: v for k, v in m.state_dict().items() if "base_layer.weight" in k}
+    assert before and all(torch.equal(before[k], after[k]) for k in before)
+    torch.testing.assert_close(again, first, atol=0, rtol=0)

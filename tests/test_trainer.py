@@ -225,6 +225,9 @@ def test_minilm_classification_learns_evaluates_and_saves(technique, tmp_path):
         base_model = AutoModelForSequenceClassification.from_pretrained(
             MINILM, num_labels=2, id2label={int(k): v for k, v in labels["id2label"].items()}, **kw)
         re = PeftModel.from_pretrained(base_model, out)
+        if technique == "qlora":  # the trained model's 4-bit layout (see qlora.keep_cpu_layout)
+            from autoft.autotrain.techniques.qlora import keep_cpu_layout
+            keep_cpu_layout(re)
     else:
         assert (out / "model.safetensors").is_file()
         re = AutoModelForSequenceClassification.from_pretrained(out)

@@ -40,7 +40,21 @@ def apply(model, config: QLoraConfig, task: str, gradient_checkpointing: bool = 
     model = prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None)
+    keep_cpu_layout(model)
     return lora.apply(model, config, task)
+
+
+def keep_cpu_layout(model) -> None:
+    """Keep the 4-bit weights in one layout on the CPU. On a CPU with AVX512-BF16, bitsandbytes
+    repacks a Linear4bit's weights for its inference kernel at the first forward in eval mode
+    (absmax stored in bf16) and unpacks them when training resumes, quantising absmax again: every
+    evaluation between training steps would then perturb the frozen base, and the saved adapter
+    would no longer reproduce the trained model on a freshly quantised one. No effect on a GPU."""
+    import bitsandbytes as bnb
+
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
 
 
 def trainable_parameter_groups(model, config: QLoraConfig, lr: float, weight_decay: float = 0.0) -> list[dict]:
