@@ -148,7 +148,7 @@ def _rank(records: list[dict], higher_is_better: bool, by: str = "metric") -> li
     by="loss": the validation loss; ties go to the metric. Promotions use this: early in training
     accuracy hovers at chance and ranks noise (at 13 steps on sst2 the two *lowest* learning rates
     had the best accuracy), while the loss already orders the trials by how fast they learn
-    (benchmarks/results/search_quality.json). Ties after both go to the lower trial id."""
+    (benchmarks/results/search_quality_short_budget.json). Ties after both go to the lower trial id."""
     ok = [r for r in records if r.get("status") in OK_STATUSES and r.get("metric") is not None]
     sign = -1.0 if higher_is_better else 1.0
     if by not in ("metric", "loss"):

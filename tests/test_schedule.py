@@ -184,7 +184,7 @@ def test_search_ranking_breaks_metric_ties_by_validation_loss():
 
 
 def test_promotion_ranking_by_loss_ignores_chance_level_accuracy():
-    # measured on sst2 after 13 steps (benchmarks/results/search_quality.json): accuracy at chance
+    # measured on sst2 after 13 steps (benchmarks/results/search_quality_short_budget.json): accuracy at chance
     # favours the lowest learning rates, the loss orders the trials by how fast they learn
     from autoft.autotrain.search import _rank
 
