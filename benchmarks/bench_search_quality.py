@@ -109,11 +109,7 @@ def main() -> None:
                          time.time() - prev["wall_seconds"], partial=prev["partial"], machine=prev["machine"])
         print(json.dumps(summary, indent=2))
         return
-    from autoft.autotrain.schedule import (
-        continued_cost_steps,
-        sample_configs,
-        search_step_cap,
-    )
+    from autoft.autotrain.schedule import continued_cost_steps, sample_configs, search_step_cap
     from autoft.autotrain.search import SearchSettings, plan_rungs
 
     space = {"learning_rate": [1e-5, 1e-4], "weight_decay": [0.0, 0.1]}  # the advisor's full-FT space
