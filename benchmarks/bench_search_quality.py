@@ -104,8 +104,7 @@ def main() -> None:
     if a.resummarise:
         prev = json.loads(Path(a.resummarise).read_text(encoding="utf-8"))
         b = argparse.Namespace(**{**prev["settings"], "name": a.name})
-        grid = [{"config": {"learning_rate": g["lr"]}, "val": g["val"], "test": g["test"]} for g in prev["grid"]]
-        summary = _write(b, prev["space"], prev["grid_learning_rates"], grid, prev["per_seed"],
+        summary = _write(b, prev["space"], prev["grid_learning_rates"], _grid_runs(prev), prev["per_seed"],
                          time.time() - prev["wall_seconds"], partial=prev["partial"], machine=prev["machine"])
         print(json.dumps(summary, indent=2))
         return
@@ -133,13 +132,12 @@ def main() -> None:
             same = all(prev["settings"].get(k) == _settings(a).get(k) for k in GRID_SETTINGS)
             if not same or prev.get("grid_learning_rates") != grid_lrs or len(prev["grid"]) != len(grid_lrs):
                 raise SystemExit("--reuse-grid: that file was made with other settings")
-            grid = {g["lr"]: {"config": {"learning_rate": g["lr"]}, "val": g["val"], "test": g["test"]}
-                    for g in prev["grid"]}
+            grid = {r["config"]["learning_rate"]: r for r in _grid_runs(prev)}
             print(f"grid reused from {a.reuse_grid}", file=sys.stderr)
 
         # Every training run is an independent task: the searches first (the longest), then the
-        # grid, then random search at the same total budget as SH: ceil(SH compute / F) random
-        # configurations (same sampler, other seed stream), each trained for F steps.
+        # grid, then random search: ceil(SH compute / F) random configurations (same sampler,
+        # other seed stream), each trained for F steps (_random_at_most takes its first floor(...)).
         settings = {seed: SearchSettings(n_trials=a.n_configs, eta=a.eta, min_steps=a.min_steps,
                                          max_steps=search_step_cap(F), seed=seed, metric="accuracy",
                                          warmup_steps=max(1, int(0.06 * F))) for seed in range(a.seeds)}
@@ -245,6 +243,11 @@ def _rows(sh: dict, rnd: dict, rnd_cfgs: dict, sh_steps: dict, F: int) -> list:
 GRID_SETTINGS = ("train", "val", "test", "full_steps", "grid", "batch_size", "seq_len")
 
 
+def _grid_runs(prev: dict) -> list[dict]:
+    """The grid's runs as train_full returns them, from an earlier results file."""
+    return [{"config": {"learning_rate": g["lr"]}, "val": g["val"], "test": g["test"]} for g in prev["grid"]]
+
+
 def _settings(a) -> dict:
     return {k: v for k, v in vars(a).items() if k not in ("reuse_grid", "name", "resummarise")}
 
@@ -297,7 +300,7 @@ def _write(a, space, grid_lrs, grid, per_seed, t0, partial: bool, machine: dict 
            "machine": machine or {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                                   "load_average": os.getloadavg()},
            "note": "compute in optimizer steps at the same batch size; the grid is trained once (seed 0); "
-                   "written after the grid and after every seed (partial=true until all seeds are done)"}
+                   "written after every finished training run (partial=true until all are done)"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{a.name}.json").write_text(json.dumps(out, indent=2) + "\n")
     _plot(out, RESULTS / f"{a.name}.png")
