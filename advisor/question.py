@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TASKS, TECHNIQUES  # noqa: F401  (re-exported)
-from autoft.errors import AutoftError
+from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TASKS, TECHNIQUES, check_at_least, check_choice
 
 
 def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None = None,
@@ -71,17 +70,11 @@ class Question:
 
     def __post_init__(self) -> None:
         for name in ("data_size", "batch_size", "gradient_accumulation_steps", "seq_len", "lora_rank", "gpus"):
-            v = getattr(self, name)
-            if v is not None and v < (0 if name == "data_size" else 1):
-                raise AutoftError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
-        if self.task is not None and self.task not in TASKS:
-            raise AutoftError(f"unknown task {self.task!r}", "use classification or generation")
-        if self.technique is not None and self.technique not in TECHNIQUES:
-            raise AutoftError(f"unknown technique {self.technique!r}", "use one of " + ", ".join(TECHNIQUES))
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise AutoftError(f"unknown precision {self.precision!r}", "use bf16, fp16 or fp32")
-        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise AutoftError(f"unknown optimizer {self.optimizer!r}", "use " + ", ".join(OPTIMIZERS))
+            check_at_least("--" + name.replace("_", "-"), getattr(self, name), 0 if name == "data_size" else 1)
+        for name, choices in (("task", TASKS), ("technique", TECHNIQUES), ("precision", PRECISIONS),
+                              ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) is not None:
+                check_choice(name, getattr(self, name), choices)
         self.language = (self.language or "en").lower()
         self.domain = (self.domain or "general").lower()
 

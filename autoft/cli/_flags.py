@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from autoft.advisor.question import Question, fill_unset
+from autoft.autotrain.options import DATA_COLUMNS
 
 
 def _int(text: str) -> int:
@@ -49,20 +50,12 @@ def question_from_args(args: argparse.Namespace, facts: dict | None = None) -> Q
     return Question(**fill_unset(kw, facts or {}))
 
 
-# Column flags of the data layer (autoft.autotrain.data.load_data), shared by advise and run.
-DATA_COLUMNS = {
-    "text_column": "column with the input text (classification; default: guessed)",
-    "label_column": "column with the label (classification; default: guessed)",
-    "prompt_column": "column with the prompt/instruction (generation; default: guessed)",
-    "response_column": "column with the response/output (generation; default: guessed)",
-}
-
-
 def add_data_flags(group) -> None:
     for name, help_ in DATA_COLUMNS.items():
         group.add_argument("--" + name.replace("_", "-"), dest=name, metavar="NAME", help=help_)
 
 
 def data_column_kwargs(obj) -> dict:
-    """load_data keyword arguments for the column flags that were given (args or RunOptions)."""
+    """load_data keyword arguments for the column flags that were given (`autoft advise`; `autoft
+    run` has RunOptions.data_columns)."""
     return {n: getattr(obj, n) for n in DATA_COLUMNS if getattr(obj, n, None)}
