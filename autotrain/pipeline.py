@@ -219,14 +219,14 @@ def load_and_profile(opts: RunOptions, progress: Progress) -> tuple[Any, dict, l
 def recommend(opts: RunOptions, out: Path, question: dict, progress: Progress) -> Recommendation:
     """The recommendation the run follows (saved as recommendation.json)."""
     if opts.recommendation is not None:
-        rec = opts.recommendation
+        given = opts.recommendation
     elif opts.resume and (out / "recommendation.json").is_file():
-        rec = json.loads((out / "recommendation.json").read_text(encoding="utf-8"))
+        given = json.loads((out / "recommendation.json").read_text(encoding="utf-8"))
     else:
         progress.emit("stage", name="advise", detail="choosing model, technique and batch size")
         names = {f.name for f in dataclasses.fields(Question)}
-        rec = _advise({k: v for k, v in question.items() if k in names})
-    rec = Recommendation.from_dict(rec)
+        given = _advise({k: v for k, v in question.items() if k in names})
+    rec = Recommendation.from_dict(given)
     write_json(out / "recommendation.json", rec.to_dict())
     return rec
 

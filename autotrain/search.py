@@ -167,9 +167,9 @@ class _Search:
             self.warnings.append(f"the first rung has only {s.min_steps} steps (under {MIN_STEPS_ADVISED}): "
                                  "early rankings will be noisy; raise --min-steps on real runs")
         # On resume the configurations must be the ones the store was written with.
-        for rec in self.store.records:
-            t = rec.get("trial")
-            if isinstance(t, int) and (t >= len(self.configs) or rec.get("config") != self.configs[t]):
+        for record in self.store.records:
+            t = record.get("trial")
+            if isinstance(t, int) and (t >= len(self.configs) or record.get("config") != self.configs[t]):
                 raise AutoftError(f"{out / 'trials.jsonl'} was written by a different search (trial {t})",
                                   "resume with the same settings, or start a new --output folder")
         self.t_start = time.monotonic()
@@ -221,23 +221,23 @@ class _Search:
         progress.emit("rung_start", rung=rung.index, n_rungs=len(self.rungs), n_trials=len(alive),
                       budget_steps=rung.budget_steps)
         for k, t in enumerate(alive):
-            rec = self.store.get(t, rung.index)
-            if rec is not None:
-                progress.emit("trial_end", resumed=True, **rec)
+            record = self.store.get(t, rung.index)
+            if record is not None:
+                progress.emit("trial_end", resumed=True, **record)
                 continue
             if s.time_budget_s is not None and self.elapsed() >= s.time_budget_s:
                 return True
             progress.emit("trial_start", rung=rung.index, trial=t, index=k, n_trials=len(alive),
                           config=self.configs[t])
             try:
-                rec = run_trial_rung(self.factory, self.spec, self.bundle, self.configs[t], t, rung, s,
+                record = run_trial_rung(self.factory, self.spec, self.bundle, self.configs[t], t, rung, s,
                                      self.out, self.store.get(t, rung.index - 1), self._on_step(t, rung),
                                      warn=lambda text: progress.emit("warning", text=text))
             except _OutOfTime:
                 return True
-            rec = self.store.append(rec)
+            record = self.store.append(record)
             self.done_steps += rung.new_steps
-            progress.emit("trial_end", **rec)
+            progress.emit("trial_end", **record)
         return False
 
     def _on_step(self, t: int, rung: Rung) -> Callable[[dict], None]:

@@ -324,12 +324,12 @@ class Trial:
                 last_read = s + 1
                 if not math.isfinite(mean):
                     raise TrialDiverged(self.steps_done, mean)
-                rec = {"step": self.steps_done, "loss": mean, "lr": sched.get_last_lr()[0],
+                entry = {"step": self.steps_done, "loss": mean, "lr": sched.get_last_lr()[0],
                        "epoch": round(self.stream.epoch, 4), "samples": self.samples_seen,
                        "tokens": self.tokens_seen, "seconds": time.perf_counter() - t0}
-                self.history.append(rec)
+                self.history.append(entry)
                 if on_step is not None:
-                    on_step(rec)
+                    on_step(entry)
         seconds = time.perf_counter() - t0
         mean_loss = losses.mean().item()
         if not math.isfinite(mean_loss):
@@ -545,14 +545,16 @@ class Trial:
         """The trained model in Hugging Face format, tokenizer and label mapping (id2label) too.
         lora/qlora: a PEFT adapter (`PeftModel.from_pretrained(base, out_dir)` loads it), or with
         merge=True merged full weights (the technique's `merge`; qlora reloads the base in the
-        compute dtype, not 4-bit). full/freeze: save_pretrained (safetensors).
-        After merge=True the Trial cannot train further."""
+        compute dtype, not 4-bit, and leaves the Trial as it was). full/freeze: save_pretrained
+        (safetensors). After merge=True of a technique that merges in place (lora) the Trial
+        cannot train further."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         model = self.model
         if self.info.peft and merge:
             model = self.info.module.merge(model, self.tech_config, self.task, self._load_base)
-            self.model, self.merged = model, True
+            if self.info.merge_in_place:
+                self.model, self.merged = model, True
             model.save_pretrained(out, safe_serialization=True)
         elif self.info.peft:
             if self.args["model_source"].lower().endswith(".gguf"):  # name the file, not its folder

@@ -30,12 +30,13 @@ class TechniqueInfo:
     peft: bool = False  # the base is frozen (stored in the training precision) and the model is a
     # PeftModel: it saves as an adapter, or merged with `module.merge`
     clip_norm: float = 1.0
+    merge_in_place: bool = False  # `merge` consumes the trained model (it cannot train further)
 
 
 TECHNIQUES: dict[str, TechniqueInfo] = {
     "full": TechniqueInfo("full", full, full.FullConfig, full.HELP, full.DEFAULT_LR),
     "freeze": TechniqueInfo("freeze", freeze, freeze.FreezeConfig, freeze.HELP, freeze.DEFAULT_LR),
-    "lora": TechniqueInfo("lora", lora, lora.LoraConfig, lora.HELP, lora.DEFAULT_LR, peft=True),
+    "lora": TechniqueInfo("lora", lora, lora.LoraConfig, lora.HELP, lora.DEFAULT_LR, peft=True, merge_in_place=True),
     "qlora": TechniqueInfo("qlora", qlora, qlora.QLoraConfig, qlora.HELP, qlora.DEFAULT_LR,
                            quantized=True, peft=True, clip_norm=qlora.CLIP_NORM),
 }
