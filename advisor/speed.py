@@ -11,9 +11,10 @@ no torch. The model, nanoGPT-style arithmetic with the why commented:
         host time     Python/kernel-launch work per transformer block, the same for 1 or 100 tokens
     one step          accumulation x micro-batch + the optimizer's pass over the trainable weights
 
-The max() is the saturation curve in tokens per micro-batch: while the host cannot queue kernels
-as fast as the GPU runs them, more tokens per micro-batch cost nothing, so utilisation grows
-linearly with tokens per micro-batch up to `saturation_tokens()`, then stays at MFU. A micro-batch
+The max() (a smooth one, SpeedConstants.overlap_p) is the saturation curve in tokens per
+micro-batch: while the host cannot queue kernels as fast as the GPU runs them, more tokens per
+micro-batch cost little, so utilisation grows about linearly with tokens per micro-batch up to
+`saturation_tokens()`, then levels off at the MFU. A micro-batch
 of one short example leaves a large GPU mostly idle; one 2,048-token sequence already fills it.
 
 Sources (the published rows and the fit are in benchmarks/data/published_throughput.json and
@@ -44,24 +45,34 @@ from autoft.advisor.spec import Hardware, ModelSpec, TrainSetup
 
 @dataclass(frozen=True)
 class SpeedConstants:
-    """Assumed efficiencies; benchmarks/bench_speed_model.py --fit refits them on the published rows."""
+    """Assumed efficiencies. `mfu` comes from llm-foundry's measurements (the LitGPT rows hardly
+    constrain it: they are mostly launch-bound); host_s_per_layer, overlap_p and
+    nf4_bytes_per_param are fitted on LitGPT's rows by benchmarks/bench_speed_model.py --fit
+    (median error 3.7%, worst 14%; benchmarks/results/speed_model.json)."""
 
     # share of the dense 16-bit peak reached once the GPU is busy (model FLOPs utilisation)
     mfu: float = 0.40
     # fp32 on a GPU: share of the non-tensor FP32 peak (no tensor cores in play)
     mfu_fp32: float = 0.60
     # host-side (Python, dispatch, kernel launch) seconds per transformer block per forward+backward
-    host_s_per_layer: float = 4.4e-3
+    host_s_per_layer: float = 4.2e-3
+    # how host and device time overlap in one micro-batch: the p-norm of the two (p -> infinity is
+    # max(), perfect overlap; p = 1 their sum). The GPU runs queued kernels while the host queues
+    # more, but not perfectly: LitGPT's micro-batch-2 and -4 rows sit well above max().
+    overlap_p: float = 2.0
     # QLoRA: bytes of memory traffic per quantised weight per pass (read NF4, write and read back
     # the 16-bit weight, bitsandbytes' own bookkeeping)
     nf4_bytes_per_param: float = 9.7
     # the optimizer step: fused AdamW reads weight, gradient and two states and writes three back
     # (fp32), gradient clipping reads the gradients once more: about 32 bytes per trainable weight
     optimizer_bytes_per_param: float = 32.0
-    # the CPU, without a probe: effective fp32 GFLOP/s per core in a PyTorch training step and
-    # memory bandwidth. A rough figure for a recent x86 core with AVX2 FMA at a third of its peak;
-    # `autoft advise --measure` and the run's probe replace it with a measured step time.
-    cpu_gflops_per_core: float = 25.0
+    # the CPU, without a probe: effective fp32 GFLOP/s per core in a PyTorch training step of a
+    # small model, and memory bandwidth. Measured on this project's shared 2-core machine: MiniLM
+    # full fine-tune, micro-batch 16 of about 18 tokens, 4.4 s per step (3.5 examples/s, 19 GFLOP
+    # per step: about 2 GFLOP/s per core, busy neighbours included; benchmarks/results/
+    # throughput.json has 3.57 examples/s). A rough figure: CPUs differ by 10x; `autoft advise
+    # --measure` and the run's probe replace it with a measured step time.
+    cpu_gflops_per_core: float = 2.5
     cpu_bandwidth_gbs: float = 10.0
 
     def to_dict(self) -> dict:
@@ -145,8 +156,9 @@ class Throughput:
     source: str
 
     def describe(self) -> str:
-        return (f"{self.efficiency:.0%} of the {self.name}'s {self.peak_flops / 1e12:.3g} TFLOP/s "
-                f"({self.source})")
+        if self.kind == "cpu":
+            return f"{self.peak_flops / 1e9:.3g} GFLOP/s on the {self.name} ({self.source})"
+        return f"{self.efficiency:.0%} of the {self.name}'s {self.peak_flops / 1e12:.3g} TFLOP/s {self.source}"
 
 
 def device_throughput(hw: Hardware, precision: str, c: SpeedConstants = CONSTANTS) -> Throughput | None:
@@ -170,8 +182,8 @@ def device_throughput(hw: Hardware, precision: str, c: SpeedConstants = CONSTANT
         peak, eff, what = row["fp32_tflops"], c.mfu_fp32, "fp32"
     return Throughput(name=row["name"], kind="gpu", peak_flops=peak * 1e12, bandwidth=row["bandwidth_gbs"] * 1e9,
                       efficiency=eff, host_s_per_layer=c.host_s_per_layer,
-                      source=f"{what} peak from {row['throughput_source'].split(':')[0]}; MFU from llm-foundry "
-                      "and LitGPT measurements")
+                      source=f"{what} peak ({row['throughput_source'].split(':')[0]}; the share as measured by "
+                      "llm-foundry, launch time per layer fitted on LitGPT's runs)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +228,8 @@ def step_time(spec: ModelSpec, setup: TrainSetup, accumulation: int, tokens_per_
         passes = 2 + (1 if setup.gradient_checkpointing else 0)  # forward, backward, recompute
         quantised = spec.num_layers * block_matmul_params(spec)
         dequant = passes * quantised * c.nf4_bytes_per_param / dev.bandwidth
-    micro = max(host, compute) + dequant
+    p = c.overlap_p if dev.kind == "gpu" else 1.0  # a CPU does its own launching: the two add up
+    micro = _pnorm(host, compute, p) + dequant
     optimizer = trainable_params(spec, setup) * c.optimizer_bytes_per_param / dev.bandwidth
     step = accumulation * micro + optimizer
     examples = setup.batch_size * accumulation
@@ -225,6 +238,12 @@ def step_time(spec: ModelSpec, setup: TrainSetup, accumulation: int, tokens_per_
                     optimizer_s=optimizer, step_s=step, examples_per_s=examples / step,
                     tokens_per_s=examples * t / step, tokens_per_example=t,
                     utilisation=achieved / dev.peak_flops, bound="host" if host > compute else "compute")
+
+
+def _pnorm(a: float, b: float, p: float) -> float:
+    """(a^p + b^p)^(1/p), computed without overflow (p large: max(a, b))."""
+    m = max(a, b)
+    return 0.0 if m <= 0 else m * ((a / m) ** p + (b / m) ** p) ** (1 / p)
 
 
 def saturation_tokens(spec: ModelSpec, setup: TrainSetup, dev: Throughput, tokens_per_example: float) -> float:

@@ -30,7 +30,7 @@ from autoft.advisor.question import Question
 from autoft.errors import AutoftError
 
 # Question fields that the data profile fills (DataProfile.to_question_fields()).
-PROFILE_FIELDS = ("task", "data_size", "num_labels", "seq_len_p95", "seq_len_p99", "language")
+PROFILE_FIELDS = ("task", "data_size", "num_labels", "seq_len_p95", "seq_len_p99", "seq_len_mean", "language")
 # Written into the command even at their default: `autoft advise --data` lets the profile fill an
 # unset language, so `--language en` on German data is an answer, not a default.
 ALWAYS_WRITTEN = ("task", "language")
