@@ -18,6 +18,7 @@ examples. Everything else here is timing; no number is guessed.
 """
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 import tempfile
@@ -48,10 +49,11 @@ class ProbeResult:
     baseline: dict | None = None  # generation: the base model's test metrics, measured before training
     steps_done: int = 0  # optimizer steps the probed Trial has trained
     trial: Any = field(default=None, repr=False)  # the probed Trial, until reused or closed
+    rng: Any = field(default=None, repr=False)  # torch RNG states after the last step (dropout)
 
     def to_dict(self) -> dict:
         """For search.json / the report (the Trial itself is not serialised)."""
-        out = {k: v for k, v in self.__dict__.items() if k not in ("trial", "baseline")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("trial", "baseline", "rng")}
         out["step_times"] = [round(x, 4) for x in self.step_times]
         for k in ("step_s", "build_s", "eval_s_per_example", "checkpoint_s", "samples_per_s", "tokens_per_example"):
             out[k] = round(float(out[k]), 5)
@@ -73,6 +75,7 @@ class ProbeResult:
             raise RuntimeError("the probed Trial was already reused or closed")
         set_schedule(trial, lr_schedule=lr_schedule, total_steps=total_steps, warmup_steps=warmup_steps,
                      decay_start=decay_start)
+        _set_rng(self.rng)  # other Trials built since re-seeded torch: continue the probe's stream
         self.trial = None
         return trial
 
@@ -136,6 +139,7 @@ def probe(trial_kwargs: dict, hparams: dict | None = None, *, warmup: int = 1, s
             times.append(float(res["seconds"]))
             samples += int(res["samples"])
             tokens += int(res["tokens"])
+        rng = _get_rng(trial)
         if eval_s is None:
             t = time.perf_counter()
             ev = trial.evaluate("validation", max_examples=eval_examples)
@@ -149,7 +153,24 @@ def probe(trial_kwargs: dict, hparams: dict | None = None, *, warmup: int = 1, s
                        eval_s_per_example=eval_s, eval_examples=n_eval, checkpoint_s=ckpt_s,
                        samples_per_s=samples / max(sum(times), 1e-9), tokens_per_example=tokens / max(1, samples),
                        batch_size=trial.batch_size, grad_accum=trial.grad_accum, device=str(trial.device),
-                       baseline=base, steps_done=trial.steps_done, trial=trial)
+                       baseline=base, steps_done=trial.steps_done, trial=trial, rng=rng)
+
+
+def _get_rng(trial) -> dict:
+    import torch
+
+    cuda = trial.device.type == "cuda"
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else None}
+
+
+def _set_rng(state: dict | None) -> None:
+    if not state:
+        return
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _time_checkpoint(trial, scratch: str | None) -> float:
@@ -195,3 +216,31 @@ class ProbedFactory:
 def _comparable(hparams: dict) -> dict:
     """Hyperparameters that make two trials the same configuration (warmup is the schedule's)."""
     return {k: v for k, v in hparams.items() if k not in ("warmup_steps", "warmup_ratio")}
+
+
+def measure_recommendation(rec: dict, bundle, *, device: str = "cpu", warmup: int = 1, steps: int = 3,
+                           seed: int = 0) -> dict:
+    """`autoft advise --measure`: time the recommended setting on this machine with the real model
+    and data, and say it as a `Recommendation.speed` dict (method "probe"): examples per second,
+    seconds per optimizer step and per epoch."""
+    from autoft.autotrain.pipeline import fixed_config  # the configuration a run without a search trains
+
+    model = rec["model"]["id"] if isinstance(rec.get("model"), dict) else str(rec.get("model"))
+    precision = "fp32" if device == "cpu" else (rec.get("precision") or "bf16")
+    batch, accum = int(rec.get("batch_size") or 8), int(rec.get("gradient_accumulation_steps") or 1)
+    kw = dict(model_source=model, bundle=bundle, task=rec["task"], technique=rec["technique"], batch_size=batch,
+              grad_accum=accum, seq_len=int(rec.get("seq_len") or 128), precision=precision,
+              gradient_checkpointing=bool(rec.get("gradient_checkpointing")), device=device,
+              optimizer="adamw" if device == "cpu" else (rec.get("optimizer") or "adamw"),
+              trust_remote_code=bool(rec.get("trust_remote_code")))
+    hp = {k: v for k, v in fixed_config(rec).items() if k != "warmup_ratio"}
+    r = probe(kw, hp, warmup=warmup, steps=steps, baseline=False, seed=seed)
+    r.close()
+    n = len(bundle.splits["train"])
+    eps = batch * accum / r.step_s
+    return {"examples_per_s": round(eps, 4), "step_s": round(r.step_s, 4),
+            "epoch_s": round(math.ceil(n / (batch * accum)) * r.step_s, 2), "tokens_per_example": round(r.tokens_per_example, 1),
+            "tokens_assumed": f"measured on {r.steps_done} optimizer steps of your data ({r.tokens_per_example:.0f} "
+            "tokens per example)", "utilisation": None, "bound": None, "device": device,
+            "assumption": f"measured: median of {len(r.step_times)} timed steps after {r.warmup_steps} warm-up "
+            f"step(s), {r.step_s:.3g} s each", "method": "probe", "probe": r.to_dict()}
