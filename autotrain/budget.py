@@ -185,16 +185,18 @@ def final_evals(final_steps: int, m: Measured, val_n: int, s: BudgetSettings) ->
 
 
 def _phases(rungs: list[Rung], final_steps: int, m: Measured, s: BudgetSettings, val_n: int,
-            elapsed_s: float, trained_s: float = 0.0) -> tuple[dict[str, float], int]:
-    """Predicted seconds per phase and the final run's evaluation interval."""
+            elapsed_s: float, final_done: int = 0) -> tuple[dict[str, float], int]:
+    """Predicted seconds per phase and the final run's evaluation interval. `final_done`: steps
+    the final run has already trained (re-planning during it): only the rest is counted."""
     one_eval = val_n * m.eval_s_per_example
-    search = sum(r.n_trials * (r.new_steps * m.step_s + m.trial_overhead_s + one_eval) for r in rungs) - trained_s
-    start = rungs[-1].budget_steps if rungs else 0
+    search = sum(r.n_trials * (r.new_steps * m.step_s + m.trial_overhead_s + one_eval) for r in rungs)
+    start = max(rungs[-1].budget_steps if rungs else 0, final_done)
     evals = final_evals(final_steps, m, val_n, s)
-    # the final run: its own steps, its validation passes, building it and a checkpoint at about
-    # half of the passes (each new best is saved)
-    final = ((final_steps - start) * m.step_s + evals * one_eval + m.trial_overhead_s
-             + math.ceil(evals / 2) * m.save_s)
+    left = max(0.0, (final_steps - start) / max(1, final_steps))  # share of the passes still to come
+    # the final run: its own steps, its validation passes, building it (unless running already)
+    # and a checkpoint at about half of the passes (each new best is saved)
+    final = ((final_steps - start) * m.step_s + left * evals * one_eval + (0.0 if final_done else m.trial_overhead_s)
+             + left * math.ceil(evals / 2) * m.save_s)
     evaluation = (s.n_val + s.n_test + s.baseline_examples) * m.eval_s_per_example
     phases = {"spent": elapsed_s, "search": max(0.0, search), "final": final, "evaluation": evaluation,
               "save": m.save_s}
@@ -299,20 +301,23 @@ def _warnings(plan: BudgetPlan) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Re-planning while running
 # ---------------------------------------------------------------------------------------------
-def replan(plan: BudgetPlan, measured: Measured, elapsed_s: float, rungs_done: int = 0) -> BudgetPlan:
+def replan(plan: BudgetPlan, measured: Measured, elapsed_s: float, rungs_done: int = 0,
+           final_steps_done: int = 0) -> BudgetPlan:
     """The rest of the run re-planned from the times measured so far, at the end of rung
-    `rungs_done` (0: before the search; len(plan.rungs): before the final run). `elapsed_s` is
-    every second spent since the budget started. Keeps the rungs already run; then picks the most
-    work predicted to fit, in this order of cuts: the final run keeps its steps while later rungs
-    promote fewer trials or are dropped; then the final run is shortened, never below the steps the
-    winner has trained + 1."""
+    `rungs_done` (0: before the search; len(plan.rungs): before or during the final run, which
+    has trained `final_steps_done` steps). `elapsed_s` is every second spent since the budget
+    started. Keeps the rungs already run; then picks the most work predicted to fit, in this
+    order of cuts: the final run keeps its steps while later rungs promote fewer trials or are
+    dropped; then the final run is shortened, never below what is trained + 1 step."""
     s = plan.settings
+    if final_steps_done:
+        rungs_done = len(plan.rungs)
     done = plan.rungs[:rungs_done]
     avail = (1 - s.margin) * plan.budget_s
     best = None
-    for rest, F in _replan_ladder(plan, rungs_done):
+    for rest, F in _replan_ladder(plan, rungs_done, final_steps_done):
         rungs = done + rest
-        phases, every = _phases(rungs, F, measured, s, plan.val_examples, 0.0)
+        phases, every = _phases(rungs, F, measured, s, plan.val_examples, 0.0, final_steps_done)
         # what has run is spent: count elapsed seconds, and only the rungs still to come
         phases["search"] = sum(r.n_trials * (r.new_steps * measured.step_s + measured.trial_overhead_s
                                              + plan.val_examples * measured.eval_s_per_example) for r in rest)
@@ -320,8 +325,8 @@ def replan(plan: BudgetPlan, measured: Measured, elapsed_s: float, rungs_done: i
         if sum(phases.values()) <= avail:
             best = (rungs, F, phases, every)
     if best is None:  # not even the shortest final run fits: train the least, never nothing
-        rungs, F = done, _replan_ladder(plan, rungs_done)[0][1]
-        phases, every = _phases(rungs, F, measured, s, plan.val_examples, 0.0)
+        rungs, F = done, _replan_ladder(plan, rungs_done, final_steps_done)[0][1]
+        phases, every = _phases(rungs, F, measured, s, plan.val_examples, 0.0, final_steps_done)
         phases.update(search=0.0, spent=elapsed_s)
         best = (rungs, F, phases, every)
     rungs, F, phases, every = best
@@ -334,12 +339,12 @@ def replan(plan: BudgetPlan, measured: Measured, elapsed_s: float, rungs_done: i
     return new
 
 
-def _replan_ladder(plan: BudgetPlan, rungs_done: int) -> list[tuple[list[Rung], int]]:
+def _replan_ladder(plan: BudgetPlan, rungs_done: int, final_done: int = 0) -> list[tuple[list[Rung], int]]:
     """Candidates for the rest, cheapest first: (rungs still to run, final steps)."""
     done = plan.rungs[:rungs_done]
-    start = done[-1].budget_steps if done else 0
+    start = max(done[-1].budget_steps if done else 0, final_done)
     f_lo = max(start + 1, min(plan.settings.min_final_steps, plan.final_steps))
-    out: list[tuple[list[Rung], int]] = [([], f) for f in range(f_lo, plan.final_steps + 1)]
+    out: list[tuple[list[Rung], int]] = [([], f) for f in range(f_lo, max(f_lo, plan.final_steps) + 1)]
     todo = plan.rungs[rungs_done:]
     for i, rung in enumerate(todo):
         prev = todo[:i]
@@ -358,7 +363,7 @@ def _replan_note(old: BudgetPlan, new: BudgetPlan, m: Measured, rungs_done: int)
         cuts.append(f"final run shortened to {new.final_steps} steps from {old.final_steps}")
     if not cuts:
         return None
-    where = "before the search" if rungs_done == 0 else (
-        "before the final run" if rungs_done >= len(old.rungs) else f"after rung {rungs_done}")
+    where = "before the search" if rungs_done == 0 and old.rungs else (
+        "for the final run" if rungs_done >= len(old.rungs) else f"after rung {rungs_done}")
     return (f"re-planned {where}: steps take {m.step_s:.2g} s (planned {old.measured.step_s:.2g} s); "
             + ", ".join(cuts) + f" to stay within the {fmt_duration(old.budget_s)} budget")

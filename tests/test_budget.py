@@ -140,3 +140,23 @@ def test_replan_never_plans_nothing_and_never_more_than_planned():
     assert replan(p, fast, 10.0).final_steps == p.final_steps and replan(p, fast, 10.0).rungs == p.rungs
     out = replan(p, M, elapsed_s=1800.0, rungs_done=2)  # the budget is gone before the final run
     assert out.final_steps == p.winner_steps + 1 and out.rungs == p.rungs  # still trains and saves
+
+
+def test_replan_during_the_final_run_shortens_what_is_left():
+    p = plan_budget(1800, M, S)
+    slow = Measured(step_s=1.0, eval_s_per_example=0.01, trial_overhead_s=3.0, save_s=2.0)
+    q = replan(p, slow, elapsed_s=1300.0, final_steps_done=500)
+    assert q.rungs == p.rungs and 500 < q.final_steps < p.final_steps
+    # only the steps still to train (and their share of validation passes) are counted
+    assert (q.final_steps - 500) * slow.step_s <= q.phases["final"] < (q.final_steps - p.winner_steps) * slow.step_s
+    assert q.total_s <= (1 - S.margin) * 1800 and "for the final run" in q.warnings[-1]
+    gone = replan(p, slow, elapsed_s=1800.0, final_steps_done=500)
+    assert gone.final_steps == 501  # out of time: stop at the next step, evaluate and save
+
+
+def test_the_plans_rungs_are_the_searchs_rungs():
+    from autoft.autotrain.search import SearchSettings, plan_rungs
+
+    for n, r, f in ((9, 100, 800), (6, 50, 400), (4, 100, 500), (27, 30, 1000), (3, 100, 130)):
+        want = plan_rungs(SearchSettings(n_trials=n, eta=3, min_steps=r, max_steps=search_step_cap(f)))
+        assert search_rungs(n, 3, r, f) == want, (n, r, f)
