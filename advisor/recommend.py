@@ -333,30 +333,8 @@ class _Advisor:
                         "FIT-CKPT", f"gradient checkpointing on: without it {what} needs "
                         f"{no.peak_gib:.1f} GiB, more than the {self.budget / GIB:.1f} GiB budget",
                         peak_gib=round(no.peak_gib, 2), budget_gib=round(self.budget / GIB, 2)))
-        max_b = self._max_batch(spec, self._setup(technique, c, 1, ckpt=ckpt))
-        batch = q.batch_size or max(1, min(max_b, cap))
-        speed_note = None
-        if "speed_margin" in v and not (q.batch_size and ckpt_fixed):
-            fast = self._fastest(spec, technique, c, ckpt, ckpt_fixed, cap, eff_lo, float(v["speed_margin"]))
-            if fast is not None and (fast["batch"], fast["ckpt"]) != (batch, ckpt):
-                by = out.by.get("gradient_checkpointing")
-                if fast["ckpt"] and not ckpt:
-                    reasons = [r for r in reasons if by is None or r["rule"] != by.rule.id]
-                batch, ckpt = fast["batch"], fast["ckpt"]
-                max_b = self._max_batch(spec, self._setup(technique, c, 1, ckpt=ckpt))
-            if fast is not None:
-                speed_note = fast
-        if q.batch_size:
-            reasons.append(_reason("OVERRIDE", f"micro-batch {batch} (you set it)", batch_size=batch))
-        else:
-            cap_note = f"; capped at {min(max_b, cap)} ({cap_by})" if max_b > min(max_b, cap) else ""
-            reasons.append(_reason(
-                "FIT-BATCH", f"largest micro-batch under {int(self.safety * 100)}% of "
-                f"{self.memory / GIB:.1f} GiB is {max_b}"
-                f"{' with checkpointing' if ckpt and not ckpt_fixed and speed_note else ''}{cap_note}",
-                max_batch_size=max_b, memory_gib=round(self.memory / GIB, 2), safety=self.safety))
-        if speed_note is not None:
-            reasons.append(speed_note["reason"])
+        batch, ckpt, max_b, reasons = self._batch_and_ckpt(spec, technique, out, c, ckpt, cap, cap_by, eff_lo,
+                                                           reasons)
         if q.gradient_accumulation_steps:
             acc = q.gradient_accumulation_steps
         else:
@@ -386,6 +364,39 @@ class _Advisor:
         return _Plan(spec=spec, technique=technique, setup=setup, outcome=out, est=est, fits=fits,
                      max_batch=max_b, accumulation=acc, lora=lora, reasons=reasons, search_space=space,
                      effective=batch * acc * self.gpus, speed=self._speed(spec, setup, acc))
+
+    def _batch_and_ckpt(self, spec: ModelSpec, technique: str, out: Outcome, c: dict, ckpt: bool, cap: int,
+                        cap_by: str, eff_lo: int, reasons: list[dict]) -> tuple[int, bool, int, list[dict]]:
+        """The micro-batch and checkpointing: the user's, else the largest micro-batch under the caps;
+        where SPEED-001 fires, the fitting setting with the most predicted examples per second.
+        Returns (micro-batch, checkpointing, largest micro-batch that fits, reasons)."""
+        q, v = self.q, out.values
+        ckpt_fixed = q.gradient_checkpointing is not None
+        max_b = self._max_batch(spec, self._setup(technique, c, 1, ckpt=ckpt))
+        batch = q.batch_size or max(1, min(max_b, cap))
+        speed_note = None
+        if "speed_margin" in v and not (q.batch_size and ckpt_fixed):
+            fast = self._fastest(spec, technique, c, ckpt, ckpt_fixed, cap, eff_lo, float(v["speed_margin"]))
+            if fast is not None and (fast["batch"], fast["ckpt"]) != (batch, ckpt):
+                by = out.by.get("gradient_checkpointing")
+                if fast["ckpt"] and not ckpt:
+                    reasons = [r for r in reasons if by is None or r["rule"] != by.rule.id]
+                batch, ckpt = fast["batch"], fast["ckpt"]
+                max_b = self._max_batch(spec, self._setup(technique, c, 1, ckpt=ckpt))
+            if fast is not None:
+                speed_note = fast
+        if q.batch_size:
+            reasons.append(_reason("OVERRIDE", f"micro-batch {batch} (you set it)", batch_size=batch))
+        else:
+            cap_note = f"; capped at {min(max_b, cap)} ({cap_by})" if max_b > min(max_b, cap) else ""
+            reasons.append(_reason(
+                "FIT-BATCH", f"largest micro-batch under {int(self.safety * 100)}% of "
+                f"{self.memory / GIB:.1f} GiB is {max_b}"
+                f"{' with checkpointing' if ckpt and not ckpt_fixed and speed_note else ''}{cap_note}",
+                max_batch_size=max_b, memory_gib=round(self.memory / GIB, 2), safety=self.safety))
+        if speed_note is not None:
+            reasons.append(speed_note["reason"])
+        return batch, ckpt, max_b, reasons
 
     # -- speed --------------------------------------------------------------------------------------
     def _speed(self, spec: ModelSpec, setup: TrainSetup, acc: int):
