@@ -133,11 +133,13 @@ class BudgetPlan:
         parts.append(f"final run: {self.final_steps} steps{cont}, about {fmt_duration(self.phases['final'])}")
         parts.append(f"evaluation: about {fmt_duration(self.phases['evaluation'])}")
         parts.append(f"saving: about {fmt_duration(self.phases['save'])}")
-        return "; ".join(parts) + (f" (about {fmt_duration(self.total_s)} of the {fmt_duration(self.budget_s)} budget)")
+        if math.isinf(self.budget_s):
+            return "; ".join(parts) + f" (about {fmt_duration(self.total_s)} in all)"
+        return "; ".join(parts) + f" (about {fmt_duration(self.total_s)} of the {fmt_duration(self.budget_s)} budget)"
 
     def to_dict(self) -> dict:
         """For search.json and the report: the choices, predicted vs actual seconds per phase."""
-        return {"budget_s": self.budget_s, "margin": self.settings.margin, "n_configs": self.n_configs,
+        return {"budget_s": None if math.isinf(self.budget_s) else self.budget_s, "margin": self.settings.margin, "n_configs": self.n_configs,
                 "eta": self.eta, "rungs": [asdict(r) for r in self.rungs], "final_steps": self.final_steps,
                 "continued_from_step": self.winner_steps, "eval_every": self.eval_every,
                 "val_examples": self.val_examples, "elapsed_s": round(self.elapsed_s, 2),
@@ -227,7 +229,8 @@ def ladder(s: BudgetSettings) -> list[tuple[int, int, int]]:
 def plan_budget(budget_s: float, measured: Measured, settings: BudgetSettings, elapsed_s: float = 0.0) -> BudgetPlan:
     """The most work (highest ladder candidate) predicted to fit (1 - margin) x budget_s, time
     already spent included. Raises AutoftError naming the least budget that works when not even
-    the least useful final run fits."""
+    the least useful final run fits. budget_s = math.inf: the whole run as configured, with its
+    predicted duration (a run without --time-budget)."""
     s, m = settings, measured
     if budget_s is None or budget_s <= 0:
         raise AutoftError(f"the time budget must be positive, got {budget_s}", "pass --time-budget 30m")
@@ -367,3 +370,18 @@ def _replan_note(old: BudgetPlan, new: BudgetPlan, m: Measured, rungs_done: int)
         "for the final run" if rungs_done >= len(old.rungs) else f"after rung {rungs_done}")
     return (f"re-planned {where}: steps take {m.step_s:.2g} s (planned {old.measured.step_s:.2g} s); "
             + ", ".join(cuts) + f" to stay within the {fmt_duration(old.budget_s)} budget")
+
+
+def measured_from_trials(records: list[dict], rungs: list[Rung], base: Measured, val_examples: int) -> Measured:
+    """The search's measured step time, for replan: trials.jsonl records (each trial-rung's
+    `seconds` cover building or restoring the Trial, its steps, one validation pass and a
+    checkpoint) less the probe's overhead and evaluation times, over the steps they trained.
+    Falls back to `base` (the probe) when nothing has run yet."""
+    new = {r.index: r.new_steps for r in rungs}
+    done = [r for r in records if r.get("rung") in new and r.get("seconds") is not None]
+    steps = sum(new[r["rung"]] for r in done)
+    if not steps:
+        return base
+    fixed = len(done) * (base.trial_overhead_s + val_examples * base.eval_s_per_example)
+    step_s = (sum(float(r["seconds"]) for r in done) - fixed) / steps
+    return replace(base, step_s=max(step_s, 0.5 * base.step_s))

@@ -160,3 +160,24 @@ def test_the_plans_rungs_are_the_searchs_rungs():
     for n, r, f in ((9, 100, 800), (6, 50, 400), (4, 100, 500), (27, 30, 1000), (3, 100, 130)):
         want = plan_rungs(SearchSettings(n_trials=n, eta=3, min_steps=r, max_steps=search_step_cap(f)))
         assert search_rungs(n, 3, r, f) == want, (n, r, f)
+
+
+def test_without_a_budget_the_plan_is_the_whole_run_and_its_duration():
+    import math
+
+    p = plan_budget(math.inf, M, S)
+    assert p.n_configs == 9 and p.final_steps == 800 and p.rungs[0].budget_steps == 100
+    assert p.text().endswith("in all)") and p.to_dict()["budget_s"] is None
+
+
+def test_measured_step_time_from_the_search_records():
+    from autoft.autotrain.budget import measured_from_trials
+
+    p = plan_budget(1800, M, S)
+    one = M.trial_overhead_s + p.val_examples * M.eval_s_per_example
+    recs = [{"trial": t, "rung": 0, "seconds": 100 * 0.7 + one} for t in range(9)]
+    m = measured_from_trials(recs, p.rungs, M, p.val_examples)
+    assert m.step_s == pytest.approx(0.7) and m.eval_s_per_example == M.eval_s_per_example
+    assert measured_from_trials([], p.rungs, M, p.val_examples) is M
+    fast = [{"trial": 0, "rung": 0, "seconds": one}]  # all overhead: the probe's figure bounds it
+    assert measured_from_trials(fast, p.rungs, M, p.val_examples).step_s == pytest.approx(0.5 * M.step_s)
