@@ -35,6 +35,8 @@ class Question:
                                  metavar="TOKENS", group="hidden")
     seq_len_p99: int | None = _f(None, "99th percentile of example length in tokens (read from --data)",
                                  metavar="TOKENS", group="hidden")
+    seq_len_mean: int | None = _f(None, "mean example length in tokens (read from --data; predicts "
+                                  "training speed)", metavar="TOKENS", group="hidden")
     gpu: str = _f("auto", "hardware to plan for: auto (probe this machine), cpu, or a GPU name from "
                   "the table (A100-80GB, H100-80GB, L4, T4, RTX-4090, ...)", metavar="auto|cpu|NAME",
                   group="hardware")

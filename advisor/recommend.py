@@ -78,6 +78,10 @@ class Recommendation:
     question: dict = field(default_factory=dict)
     trust_remote_code: bool = False
     schema_version: int = SCHEMA_VERSION
+    # predicted speed of this setting (advisor/speed.py): examples_per_s, step_s, epoch_s,
+    # tokens_per_example, how it was assumed, the efficiency assumed and its source; None when
+    # the GPU has no throughput figures
+    speed: dict | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -189,6 +193,7 @@ class _Plan:
     reasons: list[dict]
     search_space: dict
     effective: int = 0
+    speed: Any = None  # speed.SpeedPrediction of this setting, or None
 
 
 class _Advisor:
@@ -335,17 +340,8 @@ class _Advisor:
                         "FIT-CKPT", f"gradient checkpointing on: without it {what} needs "
                         f"{no.peak_gib:.1f} GiB, more than the {self.budget / GIB:.1f} GiB budget",
                         peak_gib=round(no.peak_gib, 2), budget_gib=round(self.budget / GIB, 2)))
-        max_b = self._max_batch(spec, self._setup(technique, c, 1, ckpt=ckpt))
-        if q.batch_size:
-            batch = q.batch_size
-            reasons.append(_reason("OVERRIDE", f"micro-batch {batch} (you set it)", batch_size=batch))
-        else:
-            batch = max(1, min(max_b, cap))
-            cap_note = f"; capped at {batch} ({cap_by})" if max_b > batch else ""
-            reasons.append(_reason(
-                "FIT-BATCH", f"largest micro-batch under {int(self.safety * 100)}% of "
-                f"{self.memory / GIB:.1f} GiB is {max_b}{cap_note}",
-                max_batch_size=max_b, memory_gib=round(self.memory / GIB, 2), safety=self.safety))
+        batch, ckpt, max_b, reasons = self._batch_and_ckpt(spec, technique, out, c, ckpt, cap, cap_by, eff_lo,
+                                                           reasons)
         if q.gradient_accumulation_steps:
             acc = q.gradient_accumulation_steps
         else:
@@ -374,7 +370,79 @@ class _Advisor:
         space = self._search_space(technique, v)
         return _Plan(spec=spec, technique=technique, setup=setup, outcome=out, est=est, fits=fits,
                      max_batch=max_b, accumulation=acc, lora=lora, reasons=reasons, search_space=space,
-                     effective=batch * acc * self.gpus)
+                     effective=batch * acc * self.gpus, speed=self._speed(spec, setup, acc))
+
+    def _batch_and_ckpt(self, spec: ModelSpec, technique: str, out: Outcome, c: dict, ckpt: bool, cap: int,
+                        cap_by: str, eff_lo: int, reasons: list[dict]) -> tuple[int, bool, int, list[dict]]:
+        """The micro-batch and checkpointing: the user's, else the largest micro-batch under the caps;
+        where SPEED-001 fires, the fitting setting with the most predicted examples per second.
+        Returns (micro-batch, checkpointing, largest micro-batch that fits, reasons)."""
+        q, v = self.q, out.values
+        ckpt_fixed = q.gradient_checkpointing is not None
+        max_b = self._max_batch(spec, self._setup(technique, c, 1, ckpt=ckpt))
+        batch = q.batch_size or max(1, min(max_b, cap))
+        speed_note = None
+        if "speed_margin" in v and not (q.batch_size and ckpt_fixed):
+            fast = self._fastest(spec, technique, c, ckpt, ckpt_fixed, cap, eff_lo, float(v["speed_margin"]))
+            if fast is not None and (fast["batch"], fast["ckpt"]) != (batch, ckpt):
+                by = out.by.get("gradient_checkpointing")
+                if fast["ckpt"] and not ckpt:
+                    reasons = [r for r in reasons if by is None or r["rule"] != by.rule.id]
+                batch, ckpt = fast["batch"], fast["ckpt"]
+                max_b = self._max_batch(spec, self._setup(technique, c, 1, ckpt=ckpt))
+            if fast is not None:
+                speed_note = fast
+        if q.batch_size:
+            reasons.append(_reason("OVERRIDE", f"micro-batch {batch} (you set it)", batch_size=batch))
+        else:
+            cap_note = f"; capped at {min(max_b, cap)} ({cap_by})" if max_b > min(max_b, cap) else ""
+            reasons.append(_reason(
+                "FIT-BATCH", f"largest micro-batch under {int(self.safety * 100)}% of "
+                f"{self.memory / GIB:.1f} GiB is {max_b}"
+                f"{' with checkpointing' if ckpt and not ckpt_fixed and speed_note else ''}{cap_note}",
+                max_batch_size=max_b, memory_gib=round(self.memory / GIB, 2), safety=self.safety))
+        if speed_note is not None:
+            reasons.append(speed_note["reason"])
+        return batch, ckpt, max_b, reasons
+
+    # -- speed --------------------------------------------------------------------------------------
+    def _speed(self, spec: ModelSpec, setup: TrainSetup, acc: int):
+        """The predicted speed of one setting (None for a GPU without throughput figures)."""
+        from autoft.advisor import speed
+
+        return speed.predict(spec, setup, acc, self.hw, mean_tokens=self.q.seq_len_mean,
+                             data_size=self.q.data_size, gpus=self.gpus)
+
+    def _fastest(self, spec: ModelSpec, technique: str, c: dict, ckpt: bool, ckpt_fixed: bool, cap: int,
+                 eff_lo: int, margin: float) -> dict | None:
+        """The fitting (micro-batch, checkpointing) with the most predicted examples per second.
+        The plain setting - the largest micro-batch under the caps with the rules' checkpointing -
+        is kept unless another is predicted `margin` faster. Returns {batch, ckpt, eps, reason} or
+        None when speed cannot be predicted (a GPU without throughput figures)."""
+        q = self.q
+        # checkpointing already on (QLoRA's rule, or batch 1 does not fit without) stays on
+        options = [ckpt] if ckpt_fixed or ckpt else [False, True]
+        cands = []
+        for ck in options:
+            most = min(self._max_batch(spec, self._setup(technique, c, 1, ckpt=ck)), cap)
+            sizes = [q.batch_size] if q.batch_size else sorted({b for b in (1, 2, 4, 8, 16, 32, 64, 128, most)
+                                                                 if 1 <= b <= most})
+            for b in sizes:
+                setup = self._setup(technique, c, b, ckpt=ck)
+                if self._peak(spec, setup).peak_bytes > self.budget:
+                    continue
+                acc = q.gradient_accumulation_steps or max(1, math.ceil(eff_lo / (b * self.gpus)))
+                pred = self._speed(spec, setup, acc)
+                if pred is None:
+                    return None
+                cands.append({"batch": b, "ckpt": ck, "eps": pred.examples_per_s, "pred": pred})
+        if not cands:
+            return None
+        plain_pool = [x for x in cands if x["ckpt"] == ckpt] or cands
+        plain = max(plain_pool, key=lambda x: x["batch"])
+        best = max(cands, key=lambda x: (x["eps"], -x["ckpt"], -x["batch"]))
+        pick = best if best["eps"] >= (1 + margin) * plain["eps"] else plain
+        return {**pick, "reason": _speed_reason(pick, plain, cands, margin)}
 
     @staticmethod
     def _search_space(technique: str, v: dict) -> dict:
@@ -612,6 +680,7 @@ class _Advisor:
             "lora": p.lora, "freeze_layers": p.setup.freeze_layers if p.technique == "freeze" else None,
             "estimate": _est_dict(p.est), "fits": p.fits, "max_batch_size": p.max_batch,
             "search_space": p.search_space, "note": note,
+            "speed": p.speed.to_dict() if p.speed is not None else None,
         }
 
     def _recommendation(self, p: _Plan, reasons: list[dict], alts: list[dict]) -> Recommendation:
@@ -625,7 +694,31 @@ class _Advisor:
             safety=self.safety, max_batch_size=p.max_batch, gpu=_gpu_summary(self.hw),
             reasons=reasons, alternatives=alts, search_space=p.search_space, task=self.task,
             num_labels=self.q.num_labels, warnings=list(dict.fromkeys(self.warnings)),
-            question=self.q.to_dict(), trust_remote_code=self.q.trust_remote_code)
+            question=self.q.to_dict(), trust_remote_code=self.q.trust_remote_code,
+            speed=p.speed.to_dict() if p.speed is not None else None)
+
+
+def _setting(x: dict) -> str:
+    return f"micro-batch {x['batch']} {'with' if x['ckpt'] else 'without'} checkpointing"
+
+
+def _speed_reason(pick: dict, plain: dict, cands: list[dict], margin: float) -> dict:
+    """The SPEED reason: the predicted figure of the pick, against the plain setting or the runner-up."""
+    p = pick["pred"]
+    what = f"{_setting(pick)}: about {pick['eps']:.3g} examples/s predicted"
+    if pick is not plain:
+        what += f", {pick['eps'] / plain['eps'] - 1:.0%} faster than {_setting(plain)} ({plain['eps']:.3g}/s)"
+    else:
+        rest = [x for x in cands if x is not pick]
+        if rest:
+            nxt = max(rest, key=lambda x: x["eps"])
+            what += (f"; the fastest alternative, {_setting(nxt)} ({nxt['eps']:.3g}/s), is not "
+                     f"{margin:.0%} faster" if nxt["eps"] > pick["eps"] else f", the fastest that fits")
+    what += f" ({p.tokens_assumed}; assumes {p.assumption})"
+    return _reason("SPEED", what, examples_per_s=round(pick["eps"], 3), batch_size=pick["batch"],
+                   gradient_checkpointing=pick["ckpt"], tokens_per_example=round(p.tokens_per_example, 1),
+                   candidates=[{"batch_size": x["batch"], "gradient_checkpointing": x["ckpt"],
+                                "examples_per_s": round(x["eps"], 3)} for x in cands])
 
 
 def _est_dict(est: Estimate) -> dict:

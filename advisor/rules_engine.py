@@ -64,6 +64,10 @@ EFFECTS: dict[str, tuple[str, Callable[[Any], bool], str]] = {
                                "needed to fit)"),
     "effective_batch": ("setup", lambda v: _check_range(v) and v[0] >= 1,
                         "[lo, hi] examples per optimizer step to reach with accumulation"),
+    "speed_margin": ("setup", lambda v: _is_num(v) and 0 <= v < 1,
+                     "pick micro-batch and checkpointing by predicted examples per second; another "
+                     "setting must be predicted this share faster than the largest micro-batch "
+                     "without checkpointing"),
     "max_micro_batch": ("setup", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                         "cap on the micro-batch even when more fits"),
     "lr_range": ("setup", lambda v: _check_range(v) and v[0] > 0, "[lo, hi] learning rate to search"),

@@ -641,3 +641,15 @@ def test_the_app_module_loads_no_heavy_library():
             "{m for m in sys.modules if m in ('autoft.autotrain.data', 'autoft.advisor.recommend')}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_recommendation_speed_line_says_predicted_or_measured():
+    from autoft.tui.screens.recommend import speed_text
+
+    sp = {"examples_per_s": 21.3, "step_s": 2.5, "epoch_s": 180.0, "tokens_assumed": "the data's mean length, 42 tokens",
+          "assumption": "40% of the A100's 312 TFLOP/s", "method": "model"}
+    text, why = speed_text(sp, 1200)
+    assert text == "⏱ predicted 21.3 examples/s, 3.0 min/epoch"
+    assert "1,200 examples" in why and "42 tokens" in why and "312 TFLOP/s" in why
+    assert speed_text({**sp, "method": "probe", "epoch_s": None})[0] == "⏱ measured 21.3 examples/s"
+    assert speed_text(None)[0].startswith("speed not predicted")

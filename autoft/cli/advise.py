@@ -11,6 +11,7 @@ EXAMPLES = """\
                                                       # refused: does not fit; suggests QLoRA
   autoft advise --model Qwen/Qwen2.5-7B-Instruct --batch-size 16 --gpu-memory 24GiB --force
   autoft advise --data ./mydata --json > recommendation.json   # the JSON `autoft run` reads
+  autoft advise --data train.csv --gpu cpu --measure  # time a few real steps here: time per epoch
 """
 
 _BAR = 28
@@ -26,17 +27,41 @@ def add_arguments(parser) -> None:
     add_question_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the recommendation as JSON "
                         "(documented in docs/advise-json.md)")
+    parser.add_argument("--measure", action="store_true", help="time a few optimizer steps of the "
+                        "recommended setting on this machine with the model and --data (the model must "
+                        "be on disk or in the Hugging Face cache): the time per epoch is then measured, "
+                        "not predicted; takes seconds to a minute")
+
+
+def _load(args):
+    from autoft.autotrain.data import load_data
+
+    from autoft.cli._flags import data_column_kwargs
+
+    return load_data(args.data, task=args.task, **data_column_kwargs(args))
 
 
 def _profile_fields(args) -> tuple[dict, list[str]]:
     """Question fields and warnings from --data (the data layer imports no torch)."""
-    from autoft.autotrain.data import build_profile, load_data
+    from autoft.autotrain.data import build_profile
 
-    from autoft.cli._flags import data_column_kwargs
-
-    bundle = load_data(args.data, task=args.task, **data_column_kwargs(args))
-    profile = build_profile(bundle)
+    profile = build_profile(_load(args))
     return profile.to_question_fields(), list(profile.warnings)
+
+
+def _measure(args, rec) -> dict:
+    """--measure: the recommended setting's speed, timed on this machine (torch from here on)."""
+    from autoft.errors import AutoftError
+
+    if not getattr(args, "data", None):
+        raise AutoftError("--measure times real steps on your data", "pass --data PATH")
+    gpu = rec.gpu
+    if gpu["kind"] == "gpu" and gpu["source"] != "probe":
+        raise AutoftError(f"--measure times this machine, but the plan is for {gpu['name']}",
+                          "leave out --gpu/--gpu-memory (or pass --gpu cpu) to measure here")
+    from autoft.autotrain.probe import measure_recommendation
+
+    return measure_recommendation(rec.to_dict(), _load(args), device="cpu" if gpu["kind"] == "cpu" else "cuda")
 
 
 def build_question(args):
@@ -67,6 +92,8 @@ def run(args) -> int:
     question, data_warnings = build_question(args)
     rec = advise(question)
     rec.warnings = list(dict.fromkeys(data_warnings + rec.warnings))
+    if getattr(args, "measure", False):
+        rec.speed = _measure(args, rec)
     text = json.dumps(rec.to_dict(), indent=2) if args.json else render(rec)
     try:
         print(text)
@@ -105,6 +132,23 @@ def _setting_line(d: dict) -> str:
             f"(= {d['effective_batch_size']}), {d['seq_len']} tokens, {d['precision']}{ck}")
 
 
+def _speed_lines(sp: dict | None, data_size: int | None) -> list[str]:
+    """The predicted (or measured) speed: examples/s, seconds per step, time per epoch, and what
+    it assumes."""
+    from autoft.advisor.speed import fmt_duration
+
+    if not sp:
+        return ["  speed          not predicted: no throughput figures for this GPU (rules/gpus.toml)"]
+    how = "measured" if sp.get("method") == "probe" else "predicted"
+    line = f"  speed          about {sp['examples_per_s']:.3g} examples/s {how}, {sp['step_s']:.3g} s per optimizer step"
+    if sp.get("epoch_s") is not None:
+        line += f", {fmt_duration(sp['epoch_s'])} per epoch of {data_size:,} examples" if data_size else ""
+    out = [line, f"                 {sp['tokens_assumed']}; {sp['assumption']}"]
+    if sp.get("method") != "probe" and str(sp.get("device", "")).startswith("CPU"):
+        out.append("                 (rough on a CPU: --measure times real steps here)")
+    return out
+
+
 def render(rec) -> str:
     d = rec.to_dict()
     m, gpu, est = d["model"], d["gpu"], d["estimate"]
@@ -140,6 +184,7 @@ def render(rec) -> str:
     out.append(f"  sequence       {d['seq_len']} tokens")
     out.append(f"  precision      {d['precision']}    gradient checkpointing "
                f"{'on' if d['gradient_checkpointing'] else 'off'}    optimizer {d['optimizer']}")
+    out += _speed_lines(d.get("speed"), q.get("data_size"))
     if d.get("lora"):
         lo = d["lora"]
         tm = lo["target_modules"] if isinstance(lo["target_modules"], str) else ",".join(lo["target_modules"])

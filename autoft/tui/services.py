@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from autoft.autotrain.options import RunOptions
 
 # Question fields that the data profile fills (DataProfile.to_question_fields()).
-PROFILE_FIELDS = ("task", "data_size", "num_labels", "seq_len_p95", "seq_len_p99", "language")
+PROFILE_FIELDS = ("task", "data_size", "num_labels", "seq_len_p95", "seq_len_p99", "seq_len_mean", "language")
 # Written into the command even at their default: `autoft advise --data` lets the profile fill an
 # unset language, so `--language en` on German data is an answer, not a default.
 ALWAYS_WRITTEN = ("task", "language")

@@ -99,9 +99,19 @@ class DataProfile:
         if self.length_percentiles:
             out["seq_len_p95"] = self.length_percentiles["p95"]
             out["seq_len_p99"] = self.length_percentiles["p99"]
+            mean = self.mean_length()
+            if mean:
+                out["seq_len_mean"] = mean
         if self.language != "unknown":
             out["language"] = self.language
         return out
+
+    def mean_length(self) -> int | None:
+        """Mean train example length in tokens (weighted like the percentiles), None when unknown."""
+        if not self._lengths or not self._cumw[-1]:
+            return None
+        weights = [w - p for w, p in zip(self._cumw, [0.0] + self._cumw[:-1])]
+        return round(sum(n * w for n, w in zip(self._lengths, weights)) / self._cumw[-1])
 
     def truncated_fraction(self, max_len: int) -> float:
         """Fraction of train examples longer than `max_len` tokens (0.0 - 1.0)."""

@@ -57,6 +57,21 @@ def capacity_gib(hardware, rec: dict) -> float:
     return float(gpu.get("memory_gib") or 0.0) if isinstance(gpu, dict) else 0.0
 
 
+def speed_text(sp: dict | None, data_size: int | None = None) -> tuple[str, str]:
+    """The predicted (or measured) training speed of the plan in one line, and what it assumes
+    (the tooltip)."""
+    from autoft.advisor.speed import fmt_duration
+
+    if not sp:
+        return "speed not predicted: no throughput figures for this GPU", ""
+    how = "measured" if sp.get("method") == "probe" else "predicted"
+    text = f"⏱ {how} {sp['examples_per_s']:.3g} examples/s"
+    if sp.get("epoch_s") is not None:
+        text += f", {fmt_duration(sp['epoch_s'])}/epoch"
+    size = f"an epoch is {data_size:,} examples; " if data_size else ""
+    return text, f"{size}{sp.get('tokens_assumed', '')}; {sp.get('assumption', '')}"
+
+
 class RecommendScreen(Step):
     STEP = "recommend"
     HELP = ("The advisor's plan and why. Type in any field to override it (empty: the advisor "
@@ -101,6 +116,7 @@ class RecommendScreen(Step):
                 yield Static("asking the advisor ...", id="headline")
                 yield MemoryBar(id="membar")
                 yield Static("", id="fit")
+                yield Static("", id="speed")
                 yield Label("Why", classes="section")
                 yield Static("", id="reasons")
                 yield Label("Alternatives", classes="section")
@@ -246,6 +262,10 @@ class RecommendScreen(Step):
         else:
             fit.update(f"✗ does not fit: predicted peak {peak:.2f} GiB of {cap:.1f} GiB")
             fit.set_classes("bad")
+        text, why = speed_text(d.get("speed"), (d.get("question") or {}).get("data_size"))
+        speed = self.query_one("#speed", Static)
+        speed.update(text)
+        speed.tooltip = why or None
         self.query_one("#reasons", Static).update(
             "\n".join(f"[b]{r.get('rule')}[/b] {r.get('because')}" for r in d.get("reasons") or []))
         alt = self.query_one("#alternatives", DataTable)
