@@ -385,3 +385,62 @@ def measured_from_trials(records: list[dict], rungs: list[Rung], base: Measured,
     fixed = len(done) * (base.trial_overhead_s + val_examples * base.eval_s_per_example)
     step_s = (sum(float(r["seconds"]) for r in done) - fixed) / steps
     return replace(base, step_s=max(step_s, 0.5 * base.step_s))
+
+
+def expected(rungs: list[Rung], final_steps: int, measured: Measured, settings: BudgetSettings,
+             elapsed_s: float = 0.0) -> BudgetPlan:
+    """The predicted seconds of a run planned without a budget (its rungs and final steps as
+    given): what `autoft run` shows up front as the run's expected duration."""
+    val_n = _val_n(settings)
+    phases, every = _phases(rungs, final_steps, measured, settings, val_n, elapsed_s)
+    return BudgetPlan(budget_s=math.inf, n_configs=rungs[0].n_trials if rungs else 1, eta=settings.eta,
+                      rungs=list(rungs), final_steps=final_steps, eval_every=every, val_examples=val_n,
+                      phases=phases, measured=measured, settings=settings, elapsed_s=elapsed_s)
+
+
+class Keeper:
+    """Holds a run to its budget while it runs: re-plans after every rung, before the final run
+    and at each of its validation passes, from the times measured so far; records what each phase
+    actually took. `clock()` is seconds since the budget started (the run's start)."""
+
+    def __init__(self, plan: BudgetPlan, clock, warn=lambda text: None):
+        self.plan, self.clock, self.warn = plan, clock, warn
+        self.base = plan.measured  # the probe's times
+
+    @property
+    def budgeted(self) -> bool:
+        return not math.isinf(self.plan.budget_s)
+
+    def _replan(self, measured: Measured, **where) -> BudgetPlan:
+        before = len(self.plan.warnings)
+        self.plan = replan(self.plan, measured, self.clock(), **where)
+        for w in self.plan.warnings[before:]:
+            self.warn(w)
+        return self.plan
+
+    def search_cap_s(self) -> float | None:
+        """Seconds the search may take before it must stop (its predicted share plus the plan's
+        slack): past it, the trial in flight is abandoned so that the final run keeps its time."""
+        if not self.budgeted:
+            return None
+        slack = (1 - self.plan.settings.margin) * self.plan.budget_s - self.plan.total_s
+        return max(0.0, self.plan.phases["search"] + slack)
+
+    def after_rung(self, index: int, records: list[dict]) -> list[Rung]:
+        """The search's rungs from here on (the ones run stay): fewer promotions or fewer rungs
+        when the machine is slower than planned."""
+        if not self.budgeted:
+            return self.plan.rungs
+        m = measured_from_trials(records, self.plan.rungs, self.base, self.plan.val_examples)
+        return self._replan(m, rungs_done=index + 1).rungs
+
+    def final_steps(self, steps_done: int = 0, step_s: float | None = None) -> int:
+        """The final run's steps, re-planned before it (steps_done 0) and at each validation pass
+        (`step_s`: its measured seconds per step so far)."""
+        if not self.budgeted:
+            return self.plan.final_steps
+        m = replace(self.plan.measured, step_s=step_s) if step_s else self.plan.measured
+        return self._replan(m, rungs_done=len(self.plan.rungs), final_steps_done=steps_done).final_steps
+
+    def record(self, phase: str, seconds: float) -> None:
+        self.plan.record(phase, seconds)

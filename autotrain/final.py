@@ -67,21 +67,34 @@ class FinalResult:
     continued_from_step: int
     samples_per_second: float | None
     samples: list[dict] | None = field(default=None)  # generation: outputs for a few test prompts
+    eval_seconds: float = 0.0  # the last evaluation: validation, test, samples
+    save_seconds: float = 0.0  # saving the model
 
 
 class FinalRun:
-    def __init__(self, plan: RunPlan, bundle: Any, out: Path, progress: Progress, trial_factory: Any = None):
+    """`keeper` (a `budget.Keeper`) holds the run to a time budget: it may shorten the final run
+    before it starts and at each validation pass."""
+
+    def __init__(self, plan: RunPlan, bundle: Any, out: Path, progress: Progress, trial_factory: Any = None,
+                 keeper: Any = None):
         if trial_factory is None:
             from autoft.autotrain.trainer import Trial as trial_factory  # noqa: N813  (torch, on first use)
         self.plan, self.bundle, self.out, self.progress, self.factory = plan, bundle, out, progress, trial_factory
+        self.keeper = keeper
         self.best_dir = out / checkpoints.FINAL_DIR
+        self.total = plan.final_steps  # optimizer steps to train to (a time budget may lower it)
 
-    def run(self, config: dict, start: Start | None = None, resume: bool = False) -> FinalResult:
+    def run(self, config: dict, start: Start | None = None, resume: bool = False,
+            baseline: dict | None = None) -> FinalResult:
+        """`baseline`: the test baseline when already measured (the probe measures the generation
+        baseline on the base model before any training)."""
         plan = self.plan
-        self.progress.emit("phase", name="final", total_steps=plan.final_steps)
-        identity = {"config": config, "total_steps": plan.final_steps, "seed": plan.trial.seed,
+        if self.keeper is not None and not resume:
+            self.total = self.keeper.final_steps()
+        self.progress.emit("phase", name="final", total_steps=self.total)
+        identity = {"config": config, "total_steps": self.total, "seed": plan.trial.seed,
                     "eval_every": plan.eval_every, "continued_from_step": start.steps if start else 0}
-        trial, state = self._start_or_resume(config, start, identity, resume)
+        trial, state = self._start_or_resume(config, start, identity, resume, baseline)
         finished = False
         try:
             if state.baseline is None:
@@ -97,20 +110,21 @@ class FinalRun:
         return result
 
     # -- start ----------------------------------------------------------------------------------
-    def _start_or_resume(self, config: dict, start: Start | None, identity: dict, resume: bool):
-        plan, lr = self.plan, config["learning_rate"]
+    def _start_or_resume(self, config: dict, start: Start | None, identity: dict, resume: bool,
+                         baseline: dict | None):
+        plan, lr, total = self.plan, config["learning_rate"], self.total
         state = self._saved_state(identity) if resume else None
         if state is not None:
             self.progress.emit("stage", name="final", detail=f"resuming at step {state.best_step} of "
-                               f"{plan.final_steps} (the last best checkpoint), lr {lr:.3g}, linear decay")
+                               f"{total} (the last best checkpoint), lr {lr:.3g}, linear decay")
             return self.factory.load_checkpoint(self.best_dir, self.bundle, device=plan.trial.device), state
         shutil.rmtree(self.best_dir, ignore_errors=True)  # a stale one from another configuration
         state = FinalState(history={"train": [], "validation": [], "eval_every": plan.eval_every,
-                                    "start_step": identity["continued_from_step"]})
+                                    "start_step": identity["continued_from_step"]}, baseline=baseline)
         if start is None:
-            self.progress.emit("stage", name="final", detail=f"{plan.final_steps} steps, lr {lr:.3g}, linear decay")
+            self.progress.emit("stage", name="final", detail=f"{total} steps, lr {lr:.3g}, linear decay")
             return self._fresh_trial(config), state
-        if plan.trial.task == "generation":
+        if plan.trial.task == "generation" and state.baseline is None:
             # the baseline is the base model: measure it before loading the trained winner
             base = self._fresh_trial(config)
             try:
@@ -118,14 +132,14 @@ class FinalRun:
             finally:
                 base.close()
         self.progress.emit("stage", name="final", detail=f"trial {start.trial} continues from step {start.steps} "
-                           f"to {plan.final_steps}, lr {lr:.3g} decaying linearly from step {start.steps}")
+                           f"to {total}, lr {lr:.3g} decaying linearly from step {start.steps}")
         trial = self.factory.load_checkpoint(self.out / start.checkpoint, self.bundle, device=plan.trial.device,
-                                             lr_schedule="linear", total_steps=plan.final_steps,
+                                             lr_schedule="linear", total_steps=total,
                                              decay_start=start.steps, max_eval_examples=None)
         return trial, state
 
     def _fresh_trial(self, config: dict):
-        total = self.plan.final_steps
+        total = self.total
         warmup = warmup_steps(config.get("warmup_ratio", DEFAULT_HPARAMS["warmup_ratio"]), total)
         # test and baseline always see the whole test split; only validation during training is capped
         return self.factory.from_spec(self.plan.trial, self.bundle, trial_hparams(config, warmup),
@@ -143,31 +157,33 @@ class FinalRun:
 
     # -- train ----------------------------------------------------------------------------------
     def _train(self, trial, state: FinalState, identity: dict) -> bool:
-        """Train to the plan's steps with early stopping; True when it stopped early."""
+        """Train to `self.total` steps with early stopping; True when it stopped early."""
         plan, progress, history = self.plan, self.progress, state.history
-        t0 = time.monotonic() - state.seconds
+        t0, start_steps, train_s = time.monotonic() - state.seconds, trial.steps_done, 0.0
         bad = 0
         trial.on_backoff = lambda bs, acc: progress.emit(
             "warning", text=f"final run ran out of memory: micro-batch {bs} x {acc} accumulation")
 
         def on_step(info: dict) -> None:
             history["train"].append({"step": info.get("step"), "loss": info.get("loss"), "lr": info.get("lr")})
-            progress.emit("step", phase="final", step=info.get("step"), total=plan.final_steps,
+            progress.emit("step", phase="final", step=info.get("step"), total=self.total,
                           loss=info.get("loss"), lr=info.get("lr"), done_steps=info.get("step"))
 
         try:
-            while trial.steps_done < plan.final_steps:
-                res = trial.train(min(plan.eval_every, plan.final_steps - trial.steps_done), on_step=on_step)
+            while trial.steps_done < self.total:
+                res = trial.train(min(plan.eval_every, self.total - trial.steps_done), on_step=on_step)
                 state.samples += int(res.get("samples") or 0)
+                train_s += float(res.get("seconds") or 0.0)
                 ev = trial.evaluate("validation", max_examples=plan.trial.max_eval_examples)
                 val, val_loss = ev.get(plan.metric), validation_loss(ev)
                 history["validation"].append({"step": trial.steps_done, plan.metric: val, "loss": val_loss})
                 progress.emit("eval", phase="final", step=trial.steps_done, metric_name=plan.metric, metric=val,
                               loss=val_loss)
+                self._hold_to_budget(trial, train_s / max(1, trial.steps_done - start_steps))
                 if val is not None and (state.best is None or (val > state.best if plan.higher_is_better
                                                                else val < state.best)):
                     state.best, state.best_step, bad = val, trial.steps_done, 0
-                    if trial.steps_done < plan.final_steps:  # the last step's weights are in memory already
+                    if trial.steps_done < self.total:  # the last step's weights are in memory already
                         state.seconds = round(time.monotonic() - t0, 2)
                         self._save_best(trial, identity, state)
                     continue
@@ -179,6 +195,16 @@ class FinalRun:
             return False
         finally:
             state.seconds = round(time.monotonic() - t0, 2)
+
+    def _hold_to_budget(self, trial, step_s: float) -> None:
+        """A time budget re-plans at each validation pass: a slower machine shortens the run (the
+        learning rate then decays to 0 at the new end)."""
+        if self.keeper is None or trial.steps_done >= self.total:
+            return
+        total = self.keeper.final_steps(trial.steps_done, step_s=step_s)
+        if total < self.total:
+            self.total = total
+            trial.set_schedule(lr_schedule="linear", total_steps=total, decay_start=trial.decay_start)
 
     def _save_best(self, trial, identity: dict, state: FinalState) -> None:
         """Checkpoint at a new best. The state file is written last, after the checkpoint is
@@ -195,17 +221,20 @@ class FinalRun:
         if state.best_step and state.best_step != trial.steps_done and self.best_dir.exists():
             trial.restore(self.best_dir)  # keep the best weights, not the last
         self.progress.emit("stage", name="evaluate", detail="test split")
+        t_eval = time.monotonic()
         validation, test = trial.evaluate("validation"), trial.evaluate("test")
         samples = None
         if self.plan.trial.task == "generation":
             prompts = _prompts(self.bundle, 3)
             if prompts:
                 samples = [{"prompt": p, "output": o} for p, o in zip(prompts, trial.generate_samples(prompts))]
+        t_save = time.monotonic()
         trial.save_model(self.out, merge=self.plan.merge)
         return FinalResult(test=test, baseline=state.baseline, validation=validation, seconds=state.seconds,
                            steps=steps_trained, best_step=state.best_step or steps_trained, stopped_early=stopped,
                            history=state.history, continued_from_step=from_step, samples=samples,
-                           samples_per_second=round(state.samples / state.seconds, 2) if state.seconds > 0 else None)
+                           samples_per_second=round(state.samples / state.seconds, 2) if state.seconds > 0 else None,
+                           eval_seconds=round(t_save - t_eval, 2), save_seconds=round(time.monotonic() - t_save, 2))
 
 
 def _prompts(bundle, n: int) -> list[str]:

@@ -69,7 +69,8 @@ class RunOptions:
                                  exclusive="budget")
     epochs: float | None = _opt(None, f"epochs of the final run (default {DEFAULT_EPOCHS:g})", metavar="E",
                                 kind="float+", exclusive="budget")
-    time_budget: str | float | None = _opt(None, "cap on the search's wall time: 30m, 2h, 1h30m, 90s",
+    time_budget: str | float | None = _opt(None, "the whole run's wall time - search, final run, evaluation, "
+                                           "saving - planned from a few timed steps: 30m, 2h, 1h30m, 90s",
                                            metavar="DURATION", kind="duration")
     seed: int = _opt(0, "seed for sampling, data order and heads (default 0)", metavar="S", kind="int")
     eval_every: int | None = _opt(None, "final run: validate every N steps for early stopping (default: about "

@@ -34,11 +34,15 @@ from autoft.advisor.recommend import Recommendation, advise
 from autoft.autotrain import card, checkpoints, report
 from autoft.autotrain.data import build_profile, load_data
 from autoft.autotrain.demo import demo_data_path, demo_model_path
+from autoft.autotrain.budget import BudgetSettings, Keeper, expected, plan_budget
 from autoft.autotrain.final import FinalResult, FinalRun, Start
-from autoft.autotrain.options import DEMO_DEFAULTS, RunOptions, command_line
+from autoft.autotrain.options import DEFAULT_SEARCH_TRIALS, DEMO_DEFAULTS, RunOptions, command_line
 from autoft.autotrain.plan import RunPlan, make_plan
+from autoft.autotrain.probe import ProbedFactory, probe
 from autoft.autotrain.progress import Progress, RunInterrupted
-from autoft.autotrain.search import SearchResult, run_search
+from autoft.autotrain.schedule import (DEFAULT_HPARAMS, parse_duration, sample_configs, trial_hparams,
+                                       warmup_steps)
+from autoft.autotrain.search import SearchOutOfTime, SearchResult, plan_rungs, run_search
 from autoft.autotrain.store import TrialStore, write_json
 from autoft.errors import AutoftError
 
@@ -66,6 +70,7 @@ class RunResult:
     best_trial: int | None = None
     command: str = ""
     warnings: list[str] = field(default_factory=list)
+    budget: dict | None = None  # the time plan: predicted and actual seconds per phase
 
     # the names callers read
     model = property(lambda self: self.plan.trial.model)
@@ -87,6 +92,8 @@ class RunResult:
              "best_trial": self.best_trial, "continued_from_step": f.continued_from_step}
         if f.samples:
             m["samples"] = f.samples
+        if self.budget:
+            m["budget"] = self.budget
         return m
 
     def summary(self) -> dict:
@@ -137,15 +144,37 @@ def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory
     rec = recommend(opts, out, question, progress)
     plan = make_plan(rec, opts, bundle, task=question["task"], device=_device(opts.device), demo=opts.data is None)
     announce(plan, out, progress, confirm if not opts.yes else None)
+    keeper, probed, factory = None, None, trial_factory
+    if not opts.resume:  # (a resumed run finishes the plan it started with)
+        plan, keeper, probed = plan_time(plan, opts, bundle, out, progress, trial_factory, t_run)
+        factory = ProbedFactory(_trial_factory(trial_factory), probed, plan.trial)
     warnings += [plan.skip_reason] if plan.skip_reason else []
-    config, start, search = search_step(plan, bundle, out, progress, trial_factory)
-    warnings += search.warnings if search else []
-    final = FinalRun(plan, bundle, out, progress, trial_factory).run(config, start, resume=bool(opts.resume))
+    try:
+        config, start, search = search_step(plan, bundle, out, progress, factory, keeper)
+        warnings += search.warnings if search else []
+        if search and probed is not None:
+            probed.close()  # the probed Trial, when no search trial took it
+        final = FinalRun(plan, bundle, out, progress, factory, keeper=keeper).run(
+            config, start, resume=bool(opts.resume), baseline=probed.baseline if probed else None)
+    finally:
+        if probed is not None:
+            probed.close()
     result = RunResult(output_dir=str(out), plan=plan, final=final, config=config,
                        seconds=0.0, search_seconds=search.seconds if search else 0.0,
                        best_trial=search.best_trial if search else None, command=command, warnings=warnings)
+    t_save = time.monotonic()
+    if keeper is not None:
+        warnings += keeper.plan.warnings
+        for phase, seconds in (("search", result.search_seconds), ("final", final.seconds),
+                               ("evaluation", final.eval_seconds)):
+            keeper.record(phase, seconds)
+        result.budget = keeper.plan.to_dict()
     write_outputs(result, rec, bundle, search, _data_name(opts), progress)
     result.seconds = round(time.monotonic() - t_run, 2)
+    if keeper is not None:  # saving: the model, then metrics, card and report
+        keeper.record("save", final.save_seconds + time.monotonic() - t_save)
+        result.budget = keeper.plan.to_dict()
+        _write_budget(out, result)
     progress.emit("done", output_dir=str(out), seconds=result.seconds)
     return result
 
@@ -245,16 +274,85 @@ def announce(plan: RunPlan, out: Path, progress: Progress, confirm: Callable[[di
         raise AutoftError("run cancelled", "pass --yes to skip the question")
 
 
-def search_step(plan: RunPlan, bundle, out: Path, progress: Progress, trial_factory
+def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Progress, trial_factory, t_run: float):
+    """Time a few real steps of the first trial (it continues them), predict every phase, and with
+    --time-budget choose the work that fits the whole run in it (or refuse a budget too small, with
+    the least that works). Returns (plan, Keeper, ProbeResult)."""
+    progress.emit("stage", name="probe", detail="timing a few real steps (the first trial keeps them)")
+    first_rung = plan.search.min_steps if plan.search else plan.final_steps
+    steps = max(1, min(3, first_rung - 1))
+    probed = probe(plan.trial, bundle, _first_hparams(plan), warmup=1 if first_rung > 1 else 0, steps=steps,
+                   eval_examples=min(64, len(bundle.splits["validation"])), baseline=plan.trial.task == "generation",
+                   factory=_trial_factory(trial_factory), scratch=str(out))
+    n_trials = 1 if opts.no_search else (opts.search_trials or DEFAULT_SEARCH_TRIALS)
+    settings = BudgetSettings(final_steps_wanted=plan.final_steps, n_val=len(bundle.splits["validation"]),
+                              n_test=len(bundle.splits["test"]), max_configs=n_trials, eta=opts.eta,
+                              rung_target=opts.min_steps or 100, val_examples=plan.trial.max_eval_examples)
+    budget_s, elapsed = parse_duration(opts.time_budget), time.monotonic() - t_run
+    try:
+        if budget_s:
+            bp = plan_budget(budget_s, probed.measured(), settings, elapsed_s=elapsed)
+        else:
+            bp = expected(plan_rungs(plan.search) if plan.search else [], plan.final_steps, probed.measured(),
+                          settings, elapsed_s=elapsed)
+    except BaseException:
+        probed.close()
+        raise
+    keeper = Keeper(bp, clock=lambda: time.monotonic() - t_run, warn=lambda text: progress.emit("warning", text=text))
+    if budget_s:
+        plan = plan.with_budget(bp, search_cap_s=keeper.search_cap_s())
+    progress.emit("stage", name="time", detail=bp.text())
+    for w in bp.warnings:
+        progress.emit("warning", text=w)
+    return plan, keeper, probed
+
+
+def _first_hparams(plan: RunPlan) -> dict:
+    """The hyperparameters of the run's first trial: the search's first configuration, or the
+    recommended one without a search (what the probe trains, so that trial continues it)."""
+    if plan.search is None:
+        return trial_hparams(plan.base_config, warmup_steps(plan.base_config.get(
+            "warmup_ratio", DEFAULT_HPARAMS["warmup_ratio"]), plan.final_steps))
+    s = plan.search
+    first = sample_configs(plan.search_space, s.n_trials, seed=s.seed, technique=plan.trial.technique,
+                           base=plan.base_config)[0]
+    return trial_hparams(first, s.warmup)
+
+
+def _trial_factory(given):
+    if given is not None:
+        return given
+    from autoft.autotrain.trainer import Trial  # noqa: PLC0415  (torch: only once a run starts)
+
+    return Trial
+
+
+def search_step(plan: RunPlan, bundle, out: Path, progress: Progress, trial_factory, keeper: Keeper | None = None
                 ) -> tuple[dict, Start | None, SearchResult | None]:
     """(the configuration the final run trains, where it starts, the search's result): the
-    search's winner, or the recommended configuration when there is no search."""
+    search's winner, or the recommended configuration when there is no search (or the time budget
+    ran out before any trial finished: never nothing trained)."""
     if plan.search is None:
         return dict(plan.base_config), None, None
-    res = run_search(plan.trial, bundle, plan.search_space, plan.search, out, progress,
-                     trial_factory=trial_factory, base_config=plan.base_config)
+    try:
+        res = run_search(plan.trial, bundle, plan.search_space, plan.search, out, progress,
+                         trial_factory=trial_factory, base_config=plan.base_config,
+                         on_rung_end=keeper.after_rung if keeper is not None and keeper.budgeted else None)
+    except SearchOutOfTime as err:
+        progress.emit("warning", text=f"{err.what}: the recommended configuration trains without a search")
+        return dict(plan.base_config), None, None
     start = Start(res.best_trial, res.best_checkpoint, res.best_steps) if res.best_checkpoint else None
     return dict(res.best_config), start, res
+
+
+def _write_budget(out: Path, result: RunResult) -> None:
+    """The time plan, predicted vs actual per phase, in search.json too (when a search ran)."""
+    path = out / "search.json"
+    if path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["budget"] = result.budget
+        write_json(path, data)
+    write_json(out / "metrics.json", result.metrics())
 
 
 def write_outputs(result: RunResult, rec: Recommendation, bundle, search: SearchResult | None, data_name: str,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from autoft.advisor.recommend import Recommendation
 from autoft.autotrain.options import DEFAULT_EPOCHS, DEFAULT_SEARCH_TRIALS, RunOptions
 from autoft.autotrain.schedule import (DEFAULT_HPARAMS, MIN_DECAY_FRACTION, for_technique, parse_dim,
-                                       parse_duration, search_step_cap, warmup_steps)
+                                       search_step_cap, warmup_steps)
 from autoft.autotrain.search import SearchSettings
 
 
@@ -62,6 +62,20 @@ class RunPlan:
     patience: int  # final run: evaluations without improvement before stopping
     merge: bool = False
     skip_reason: str | None = None  # why the search was skipped, when the user did not ask
+
+    def with_budget(self, bp, search_cap_s: float | None = None) -> "RunPlan":
+        """This plan with the work a time budget chose (`budget.BudgetPlan`): configurations, first
+        rung, final steps and validation interval; the search stops after `search_cap_s` seconds
+        (the trial in flight abandoned) so that the final run keeps its time."""
+        search = None
+        if bp.rungs:
+            search = SearchSettings(n_trials=bp.n_configs, eta=bp.eta, min_steps=bp.rungs[0].budget_steps,
+                                    max_steps=search_step_cap(bp.final_steps), seed=self.trial.seed,
+                                    metric=self.metric, higher_is_better=self.higher_is_better,
+                                    warmup_steps=warmup_steps(DEFAULT_HPARAMS["warmup_ratio"], bp.final_steps),
+                                    time_budget_s=search_cap_s,
+                                    warn_short_rungs=False)  # the budget planner says so itself
+        return replace(self, final_steps=bp.final_steps, search=search, eval_every=bp.eval_every, skip_reason=None)
 
     def summary(self, output_dir: str) -> dict:
         """What the plan says to a person (the CLI's confirmation, the TUI)."""
@@ -130,7 +144,7 @@ def make_plan(rec: Recommendation, opts: RunOptions, bundle, *, task: str, devic
     search, skip = None, None
     if n_trials > 1 and step_cap >= min_steps:
         search = SearchSettings(n_trials=n_trials, eta=opts.eta, min_steps=min_steps, max_steps=step_cap,
-                                time_budget_s=parse_duration(opts.time_budget), seed=opts.seed, metric=metric,
+                                seed=opts.seed, metric=metric,
                                 higher_is_better=higher,
                                 warmup_steps=warmup_steps(DEFAULT_HPARAMS["warmup_ratio"], final_steps),
                                 warn_short_rungs=not demo)  # the demo's short rungs are on purpose

@@ -1,7 +1,7 @@
 """Measure before planning: a few real optimizer steps of the planned setting on the real model
 and data, the evaluation time per example, and what building and checkpointing a trial cost.
 
-    result = probe(trial_kwargs, hparams=config, warmup=1, steps=3)
+    result = probe(plan.trial, bundle, hparams, warmup=1, steps=3)
     plan = plan_budget(budget_s, result.measured(), ...)       # autotrain/budget.py
     factory = ProbedFactory(Trial, result)                     # the search's first trial continues it
 
@@ -73,8 +73,8 @@ class ProbeResult:
         trial = self.trial
         if trial is None:
             raise RuntimeError("the probed Trial was already reused or closed")
-        set_schedule(trial, lr_schedule=lr_schedule, total_steps=total_steps, warmup_steps=warmup_steps,
-                     decay_start=decay_start)
+        trial.set_schedule(lr_schedule=lr_schedule, total_steps=total_steps, warmup_steps=warmup_steps,
+                           decay_start=decay_start)
         _set_rng(self.rng)  # other Trials built since re-seeded torch: continue the probe's stream
         self.trial = None
         return trial
@@ -85,43 +85,20 @@ class ProbeResult:
             self.trial = None
 
 
-def set_schedule(trial, *, lr_schedule: str, total_steps: int | None, warmup_steps: int | None,
-                 decay_start: int | None = None) -> None:
-    """Change a Trial's learning-rate schedule for the steps it has not trained yet (the scheduler
-    reads these attributes at every step), and its saved arguments, so that a checkpoint rebuilds it
-    with the same schedule."""
-    from autoft.autotrain.trainer import LR_SCHEDULES
-
-    if lr_schedule not in LR_SCHEDULES:
-        raise AutoftError(f"unknown learning-rate schedule {lr_schedule!r}", "use constant, linear or cosine")
-    if lr_schedule != "constant" and not total_steps:
-        raise AutoftError(f"the {lr_schedule} schedule needs total_steps", "pass total_steps")
-    if warmup_steps is not None:
-        trial.warmup_steps = int(warmup_steps)
-        trial.hparams["warmup_steps"] = int(warmup_steps)
-    trial.lr_schedule, trial.total_steps = lr_schedule, total_steps
-    trial.decay_start = max(trial.warmup_steps, int(decay_start or 0))
-    trial.args.update(lr_schedule=lr_schedule, total_steps=total_steps, warmup_steps=trial.warmup_steps,
-                      decay_start=decay_start, hparams=trial.hparams)
-
-
-def probe(trial_kwargs: dict, hparams: dict | None = None, *, warmup: int = 1, steps: int = 3,
-          eval_examples: int = 32, baseline: bool = True, seed: int = 0, factory: Any = None,
+def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, steps: int = 3,
+          eval_examples: int = 32, baseline: bool = True, factory: Any = None,
           scratch: str | None = None) -> ProbeResult:
-    """Build the Trial of `trial_kwargs` with `hparams` (constant learning rate, as the search
-    trains), train `warmup` untimed and `steps` timed optimizer steps, time evaluation on up to
-    `eval_examples` validation examples (generation with `baseline`: on the whole test split, the
-    base model's baseline, before training) and one checkpoint written under `scratch` (a temporary
-    folder by default). Returns the times and the Trial, open, for reuse."""
+    """Build the Trial of `spec` (a `plan.TrialSpec`) with `hparams` (constant learning rate, as
+    the search trains), train `warmup` untimed and `steps` timed optimizer steps, time evaluation on
+    up to `eval_examples` validation examples (generation with `baseline`: on the whole test split,
+    the base model's baseline, before training) and one checkpoint written under `scratch` (a
+    temporary folder by default). Returns the times and the Trial, open, for reuse."""
     if steps < 1 or warmup < 0:
         raise AutoftError(f"the probe needs at least 1 timed step, got {steps}", "pass steps=1 or more")
     if factory is None:
         from autoft.autotrain.trainer import Trial as factory  # noqa: N813
-    kw = dict(trial_kwargs)
-    kw.update(hparams=dict(hparams or {}), lr_schedule="constant", seed=seed)
-    kw.setdefault("warmup_steps", 0)
     t0 = time.perf_counter()
-    trial = factory(**kw)
+    trial = factory.from_spec(spec, bundle, dict(hparams or {}), lr_schedule="constant")
     try:
         trial._encode("validation")  # every trial tokenises it before its first evaluation
         build_s = time.perf_counter() - t0
@@ -185,29 +162,25 @@ def _time_checkpoint(trial, scratch: str | None) -> float:
 
 class ProbedFactory:
     """A trial factory (for `run_search` or the final run) that hands out the probed Trial for
-    the first construction with the probe's configuration, with the schedule that construction
+    the first `from_spec` with the probe's spec and configuration, with the schedule that call
     asks for, and builds every other Trial with `factory`. Attribute access (load_checkpoint, ...)
     goes to `factory`."""
 
-    def __init__(self, factory: Any, result: ProbeResult):
-        self._factory, self._result = factory, result
+    def __init__(self, factory: Any, result: ProbeResult, spec):
+        self._factory, self._result, self._spec = factory, result, spec
         self._hparams = _comparable(result.trial.hparams) if result.trial is not None else None
-        self._seed = result.trial.seed if result.trial is not None else None
 
-    def __call__(self, *args, **kw):
+    def from_spec(self, spec, bundle: Any, hparams: dict, **schedule):
         r = self._result
-        if r.trial is not None and not args and self._matches(kw):
-            return r.reuse(lr_schedule=kw.get("lr_schedule", "constant"), total_steps=kw.get("total_steps"),
-                           warmup_steps=(kw.get("hparams") or {}).get("warmup_steps", kw.get("warmup_steps")),
-                           decay_start=kw.get("decay_start"))
-        return self._factory(*args, **kw)
-
-    def _matches(self, kw: dict) -> bool:
-        t = self._result.trial
-        return (_comparable(kw.get("hparams") or {}) == self._hparams and kw.get("seed", 0) == self._seed
-                and kw.get("technique") == t.technique and kw.get("batch_size") == t.batch_size
-                and kw.get("grad_accum", 1) == t.grad_accum and kw.get("seq_len") == t.seq_len
-                and str(kw.get("model_source")) == t.args["model_source"])
+        if r.trial is not None and spec == self._spec and _comparable(hparams) == self._hparams:
+            trial = r.reuse(lr_schedule=schedule.get("lr_schedule", "constant"),
+                            total_steps=schedule.get("total_steps"), warmup_steps=hparams.get("warmup_steps"),
+                            decay_start=schedule.get("decay_start"))
+            if "max_eval_examples" in schedule:  # the final run evaluates test and baseline whole
+                trial.max_eval_examples = schedule["max_eval_examples"]
+                trial.args["max_eval_examples"] = schedule["max_eval_examples"]
+            return trial
+        return self._factory.from_spec(spec, bundle, hparams, **schedule)
 
     def __getattr__(self, name: str):
         return getattr(self._factory, name)
@@ -223,23 +196,18 @@ def measure_recommendation(rec: dict, bundle, *, device: str = "cpu", warmup: in
     """`autoft advise --measure`: time the recommended setting on this machine with the real model
     and data, and say it as a `Recommendation.speed` dict (method "probe"): examples per second,
     seconds per optimizer step and per epoch."""
-    from autoft.autotrain.pipeline import fixed_config  # the configuration a run without a search trains
+    from autoft.advisor.recommend import Recommendation
+    from autoft.autotrain.options import RunOptions
+    from autoft.autotrain.plan import make_plan
+    from autoft.autotrain.schedule import trial_hparams
 
-    model = rec["model"]["id"] if isinstance(rec.get("model"), dict) else str(rec.get("model"))
-    precision = "fp32" if device == "cpu" else (rec.get("precision") or "bf16")
-    batch, accum = int(rec.get("batch_size") or 8), int(rec.get("gradient_accumulation_steps") or 1)
-    kw = dict(model_source=model, bundle=bundle, task=rec["task"], technique=rec["technique"], batch_size=batch,
-              grad_accum=accum, seq_len=int(rec.get("seq_len") or 128), precision=precision,
-              gradient_checkpointing=bool(rec.get("gradient_checkpointing")), device=device,
-              optimizer="adamw" if device == "cpu" else (rec.get("optimizer") or "adamw"),
-              trust_remote_code=bool(rec.get("trust_remote_code")))
-    hp = {k: v for k, v in fixed_config(rec).items() if k != "warmup_ratio"}
-    r = probe(kw, hp, warmup=warmup, steps=steps, baseline=False, seed=seed)
+    plan = make_plan(Recommendation.from_dict(rec), RunOptions(seed=seed, no_search=True), bundle,
+                     task=rec["task"], device=device)  # what a run without a search trains
+    r = probe(plan.trial, bundle, trial_hparams(plan.base_config, 0), warmup=warmup, steps=steps, baseline=False)
     r.close()
-    n = len(bundle.splits["train"])
-    eps = batch * accum / r.step_s
-    return {"examples_per_s": round(eps, 4), "step_s": round(r.step_s, 4),
-            "epoch_s": round(math.ceil(n / (batch * accum)) * r.step_s, 2), "tokens_per_example": round(r.tokens_per_example, 1),
+    n, eff = len(bundle.splits["train"]), plan.trial.effective_batch
+    return {"examples_per_s": round(eff / r.step_s, 4), "step_s": round(r.step_s, 4),
+            "epoch_s": round(math.ceil(n / eff) * r.step_s, 2), "tokens_per_example": round(r.tokens_per_example, 1),
             "tokens_assumed": f"measured on {r.steps_done} optimizer steps of your data ({r.tokens_per_example:.0f} "
             "tokens per example)", "utilisation": None, "bound": None, "device": device,
             "assumption": f"measured: median of {len(r.step_times)} timed steps after {r.warmup_steps} warm-up "

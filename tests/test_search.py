@@ -224,7 +224,7 @@ def test_oom_at_micro_batch_one_fails_the_trial_without_a_traceback(tiny_model, 
 
 def test_time_budget_stops_the_search(tiny_model, bundle, tmp_path):
     s = SearchSettings(n_trials=3, eta=3, min_steps=2, max_steps=20, seed=0, time_budget_s=1e-6, metric="accuracy")
-    with pytest.raises(AutoftError, match="none finished"):
+    with pytest.raises(AutoftError, match="before any search trial finished"):
         run_search(_spec(tiny_model), bundle, SPACE, s, tmp_path)
     assert TrialStore.load(tmp_path / "trials.jsonl") == []
 
