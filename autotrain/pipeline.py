@@ -96,6 +96,9 @@ class RunResult:
             m["budget"] = self.budget
         return m
 
+    def to_dict(self) -> dict:  # what front ends read (the TUI's results screen)
+        return self.summary()
+
     def summary(self) -> dict:
         """The `--json` object."""
         return {"output_dir": self.output_dir, "model": self.model, "technique": self.technique,

@@ -337,9 +337,13 @@ def test_from_dict_refuses_other_json() -> None:
     with pytest.raises(AutoftError):
         Recommendation.from_dict({"hello": 1})
     d = ask(gpu("T4"), task="classification").to_dict()
-    del d["seq_len"]
-    with pytest.raises(AutoftError, match="seq_len"):
-        Recommendation.from_dict(d)
+    with pytest.raises(AutoftError, match="no model or technique"):
+        Recommendation.from_dict({k: v for k, v in d.items() if k != "technique"})
+    with pytest.raises(AutoftError, match="model has no id"):
+        Recommendation.from_dict({**d, "model": {"name": "x"}})
+    # a hand-written recommendation may leave out what has a default; a bare model id is read as one
+    short = Recommendation.from_dict({"model": "prajjwal1/bert-tiny", "technique": "lora"})
+    assert short.model_id == "prajjwal1/bert-tiny" and short.seq_len == Recommendation.seq_len
 
 
 # -- ranking is data-driven: a hand-built catalog ---------------------------------------------------------

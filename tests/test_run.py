@@ -364,7 +364,7 @@ def test_a_time_budget_too_small_is_refused_with_the_least_that_works(tmp_path, 
     data, rec = _generation_job(tmp_path)
     (tmp_path / "rec.json").write_text(json.dumps(rec))
     rc = main(["run", "--data", str(data), "--model", rec["model"]["id"], "--technique", "lora", "--batch-size", "4",
-               "--seq-len", "32", "--max-steps", "200", "--time-budget", "2s", "--output", str(tmp_path / "o"), "--yes"])
+               "--seq-len", "32", "--max-steps", "200", "--time-budget", "0.2s", "--output", str(tmp_path / "o"), "--yes"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert "too small" in err[-1] and "pass --time-budget" in err[-1] and err[-1].startswith("autoft: error:")
