@@ -11,6 +11,9 @@ from typing import Any
 from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TASKS, TECHNIQUES  # noqa: F401  (re-exported)
 from autoft.errors import AutoftError
 
+CLASS_WEIGHTS = ("auto", "balanced", "none")
+METRICS = ("accuracy", "macro_f1", "micro_f1", "loss")
+
 
 def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None = None,
        metavar: str | None = None, group: str = "situation") -> Any:
@@ -36,6 +39,12 @@ class Question:
                                  metavar="TOKENS", group="hidden")
     seq_len_p99: int | None = _f(None, "99th percentile of example length in tokens (read from --data)",
                                  metavar="TOKENS", group="hidden")
+    imbalance_ratio: float | None = _f(None, "train rows of the largest class over the smallest "
+                                       "(multi-label: of the most over the least frequent label; "
+                                       "read from --data)", metavar="RATIO", group="hidden")
+    majority_share: float | None = _f(None, "share of train rows in the largest class, 0-1 "
+                                      "(single-label; read from --data)", metavar="SHARE", group="hidden")
+    multi_label: bool | None = _f(None, "several labels per row (read from --data)", group="hidden")
     gpu: str = _f("auto", "hardware to plan for: auto (probe this machine), cpu, or a GPU name from "
                   "the table (A100-80GB, H100-80GB, L4, T4, RTX-4090, ...)", metavar="auto|cpu|NAME",
                   group="hardware")
@@ -63,6 +72,14 @@ class Question:
     lora_rank: int | None = _f(None, "LoRA rank r (alpha is 2r)", metavar="R", group="override")
     freeze_layers: int | None = _f(None, "freeze: number of bottom layers kept frozen", metavar="K",
                                    group="override")
+    class_weights: str | None = _f(None, "classification loss: balanced weighs each class by "
+                                   "rows / (classes x its rows) (multi-label: each label's positives by "
+                                   "negatives / positives); none is plain cross-entropy; auto (default) lets "
+                                   "the advisor turn it on for heavy imbalance", choices=CLASS_WEIGHTS,
+                                   group="override")
+    metric: str | None = _f(None, "validation metric the search and early stopping rank by: accuracy, "
+                            "macro_f1, micro_f1 (multi-label) or loss; default: the advisor's choice "
+                            "(macro_f1 for imbalanced classes)", choices=METRICS, group="override")
     force: bool = _f(False, "accept an override that the advisor predicts will not fit",
                      group="override")
     trust_remote_code: bool = _f(False, "allow a model's own Python code from the Hub to run "
@@ -82,6 +99,10 @@ class Question:
             raise AutoftError(f"unknown precision {self.precision!r}", "use bf16, fp16 or fp32")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise AutoftError(f"unknown optimizer {self.optimizer!r}", "use " + ", ".join(OPTIMIZERS))
+        if self.class_weights is not None and self.class_weights not in CLASS_WEIGHTS:
+            raise AutoftError(f"unknown class weights {self.class_weights!r}", "use auto, balanced or none")
+        if self.metric is not None and self.metric not in METRICS:
+            raise AutoftError(f"unknown metric {self.metric!r}", "use " + ", ".join(METRICS))
         self.language = (self.language or "en").lower()
         self.domain = (self.domain or "general").lower()
 
