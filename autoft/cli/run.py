@@ -14,6 +14,8 @@ EXAMPLES = """\
   autoft run --data alpaca.jsonl --task generation --gpu auto --max-steps 2000 --merge
   autoft run --data train.csv --no-search --epochs 2 --seed 1 --json > summary.json
   autoft run --resume out/                       # continue a killed run; finished trials are not re-run
+  autoft run --data mrpc/ --class-weights balanced --metric macro_f1 --report-to tensorboard mlflow
+  autoft run --data go_emotions/ --output emo/   # multi-label (a label column holding lists)
 """
 
 
@@ -36,6 +38,15 @@ def _float_pos(text: str) -> float:
     if not v > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return v
+
+
+def _tracker(text: str) -> str:
+    from autoft.autotrain.tracking import TRACKERS
+
+    for name in text.replace(",", " ").split():
+        if name.lower() not in (*TRACKERS, "none"):
+            raise argparse.ArgumentTypeError(f"unknown tracker {name!r}; use {', '.join([*TRACKERS, 'none'])}")
+    return text.lower()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--yes", "-y", action="store_true", help="do not ask before training")
     o.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr (warnings still)")
+    o.add_argument("--report-to", dest="report_to", nargs="+", type=_tracker, metavar="NAME",
+                   help="experiment tracking, one run per search trial plus the final run: tensorboard "
+                   "(default when installed), mlflow, wandb, trackio (several allowed) or none; all local, "
+                   "under --output (W&B offline)")
 
 
 def _confirm(plan: dict) -> bool:
