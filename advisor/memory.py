@@ -40,9 +40,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Iterable
 
 from autoft.advisor.spec import Estimate, ModelSpec, TrainSetup
+from autoft.advisor.units import GIB
 from autoft.errors import AutoftError
 
-GIB = 1024**3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,10 +63,11 @@ class DtypePolicy:
 
 
 # Full and freeze fine-tuning:
-# - bf16: "pure bf16". The model is loaded in bfloat16 and trained with torch's fused AdamW, whose
-#   states take the parameter's dtype (torch.optim.AdamW: zeros_like(param)): 2 + 2 + 4 = 8 B/param.
-#   If the trainer ever keeps fp32 master weights for bf16, use "bf16-mixed" (the HF Trainer default
-#   when a model is loaded in fp32 and bf16=True): 4 + 2 + 4 + 8 = 18 B/param.
+# - bf16: fp32 master weights + bf16 autocast, as autoft's trainer does (and the HF Trainer with an
+#   fp32 load and bf16=True, "bf16-mixed"): 4 + 2 (autocast copy) + 4 + 8 = 18 B/param.
+# - bf16-pure: a model loaded in bfloat16 and trained with torch's AdamW, whose states take the
+#   parameter's dtype (zeros_like(param)): 2 + 2 + 4 = 8 B/param. Published rows trained that way
+#   are compared with this policy; autoft's trainer never trains so.
 # - fp16: fp32 master weights + autocast + GradScaler (GradScaler refuses fp16 gradients, so pure
 #   fp16 cannot train): 4 (fp32) + 2 (autocast copy) + 4 (fp32 grads) + 8 (fp32 AdamW) = 18 B/param,
 #   the "18 bytes per parameter" of the transformers docs.

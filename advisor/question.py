@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TASKS, TECHNIQUES  # noqa: F401  (re-exported)
-from autoft.errors import AutoftError
+from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TASKS, TECHNIQUES, check_at_least, check_choice
 
 CLASS_WEIGHTS = ("auto", "balanced", "none")
 METRICS = ("accuracy", "macro_f1", "micro_f1", "loss")
@@ -88,21 +87,12 @@ class Question:
 
     def __post_init__(self) -> None:
         for name in ("data_size", "batch_size", "gradient_accumulation_steps", "seq_len", "lora_rank", "gpus"):
-            v = getattr(self, name)
-            if v is not None and v < (0 if name == "data_size" else 1):
-                raise AutoftError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
-        if self.task is not None and self.task not in TASKS:
-            raise AutoftError(f"unknown task {self.task!r}", "use classification or generation")
-        if self.technique is not None and self.technique not in TECHNIQUES:
-            raise AutoftError(f"unknown technique {self.technique!r}", "use one of " + ", ".join(TECHNIQUES))
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise AutoftError(f"unknown precision {self.precision!r}", "use bf16, fp16 or fp32")
-        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise AutoftError(f"unknown optimizer {self.optimizer!r}", "use " + ", ".join(OPTIMIZERS))
-        if self.class_weights is not None and self.class_weights not in CLASS_WEIGHTS:
-            raise AutoftError(f"unknown class weights {self.class_weights!r}", "use auto, balanced or none")
-        if self.metric is not None and self.metric not in METRICS:
-            raise AutoftError(f"unknown metric {self.metric!r}", "use " + ", ".join(METRICS))
+            check_at_least("--" + name.replace("_", "-"), getattr(self, name), 0 if name == "data_size" else 1)
+        for name, choices in (("task", TASKS), ("technique", TECHNIQUES), ("precision", PRECISIONS),
+                              ("optimizer", OPTIMIZERS), ("class weights", CLASS_WEIGHTS), ("metric", METRICS)):
+            attr = name.replace(" ", "_")
+            if getattr(self, attr) is not None:
+                check_choice(name, getattr(self, attr), choices)
         self.language = (self.language or "en").lower()
         self.domain = (self.domain or "general").lower()
 

@@ -22,15 +22,15 @@ does not fit is refused with the nearest setting that does, unless `question.for
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from autoft.advisor.question import Question
 from autoft.advisor.rules_engine import Outcome, load_rules, nice
 from autoft.advisor.spec import TECHNIQUES, Estimate, Hardware, ModelSpec, TrainSetup
+from autoft.advisor.units import GIB
 from autoft.errors import AutoftError
 
-GIB = 1024**3
 SAFETY = {"gpu": 0.9, "cpu": 0.8}  # plan under this share of memory (RAM also holds the OS and data)
 DEFAULT_SEQ_LEN = {"classification": 256, "generation": 1024}  # when the data's lengths are unknown
 MAX_BATCH_SEARCH = 256  # the largest micro-batch the fit search looks for
@@ -55,26 +55,28 @@ class Recommendation:
 
     model: dict  # ModelSpec.to_dict(): id, params, languages, domains, licence, family, model_type, ...
     technique: str
-    batch_size: int
-    gradient_accumulation_steps: int
-    effective_batch_size: int
-    seq_len: int
-    precision: str
-    gradient_checkpointing: bool
-    optimizer: str
-    lora: dict | None  # {r, alpha, dropout, target_modules}
-    freeze_layers: int | None
-    estimate: dict  # Estimate.to_dict(): peak_gib, breakdown_gib, notes
-    fits: bool  # predicted peak <= safety x memory_gib
-    memory_gib: float  # memory per device it planned against
-    safety: float
-    max_batch_size: int  # largest micro-batch that fits (0: not even 1), before the caps
-    gpu: dict  # kind, name, memory_gib, bf16, count, source, cpu_cores, ram_gib, reason
-    reasons: list[dict]  # {rule, because, facts}
-    alternatives: list[dict]
-    search_space: dict
-    task: str
-    num_labels: int | None
+    # Defaults below are what a hand-written recommendation (only model and technique, say) trains
+    # with; the advisor always sets every field.
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    effective_batch_size: int = 0
+    seq_len: int = 128
+    precision: str = "bf16"  # the trainer uses fp32 on the CPU whatever this says
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw"
+    lora: dict | None = None  # {r, alpha, dropout, target_modules}
+    freeze_layers: int | None = None
+    estimate: dict = field(default_factory=dict)  # Estimate.to_dict(): peak_gib, breakdown_gib, notes
+    fits: bool = True  # predicted peak <= safety x memory_gib
+    memory_gib: float = 0.0  # memory per device it planned against
+    safety: float = SAFETY["gpu"]
+    max_batch_size: int = 0  # largest micro-batch that fits (0: not even 1), before the caps
+    gpu: dict = field(default_factory=dict)  # kind, name, memory_gib, bf16, count, source, cpu_cores, ram_gib, reason
+    reasons: list[dict] = field(default_factory=list)  # {rule, because, facts}
+    alternatives: list[dict] = field(default_factory=list)
+    search_space: dict = field(default_factory=dict)
+    task: str | None = None
+    num_labels: int | None = None
     warnings: list[str] = field(default_factory=list)
     question: dict = field(default_factory=dict)
     class_weights: str = "none"  # classification loss: balanced | none (autotrain/imbalance.py)
@@ -112,11 +114,16 @@ class Recommendation:
             raise AutoftError(f"recommendation schema {d['schema_version']} is newer than this autoft "
                               f"reads ({SCHEMA_VERSION})", "upgrade autoft")
         names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        for f in fields(cls):
-            if f.name not in kw and f.default is MISSING and f.default_factory is MISSING:
-                raise AutoftError(f"recommendation has no {f.name!r}", "pass the output of `autoft advise --json`")
+        kw = {k: v for k, v in d.items() if k in names and v is not None}
+        if not isinstance(kw["model"], dict):  # a bare id or path
+            kw["model"] = {"id": str(kw["model"])}
+        if not kw["model"].get("id"):
+            raise AutoftError("the recommendation's model has no id", "give model as {\"id\": ...} or a string")
         return cls(**kw)
+
+    @property
+    def model_id(self) -> str:
+        return str(self.model["id"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -335,7 +335,11 @@ class RuleSet:
             firing = Firing(rule, facts)
             out.firings.append(firing)
             for key, value in rule.then.items():
-                if key == "score":
+                if key not in ACCUMULATING:
+                    if key not in out.values:  # first firing rule wins
+                        out.values[key] = value
+                        out.by[key] = firing
+                elif key == "score":
                     out.score += value
                 elif key == "reject":
                     out.rejected.append(firing)
@@ -346,9 +350,6 @@ class RuleSet:
                         out.forbid.setdefault(t, firing)
                 elif key == "prefer_technique":
                     out.prefer.extend((t, firing) for t in value)
-                elif key not in out.values:  # first firing rule wins
-                    out.values[key] = value
-                    out.by[key] = firing
         return out
 
 

@@ -22,6 +22,20 @@ OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw-8bit", "paged-adamw-8bit")
 TASKS: tuple[str, ...] = ("classification", "generation")
 
 
+# One wording for the checks that Question, TrainSetup, RunOptions, SearchSettings and the Trial
+# all make on the same fields.
+def check_choice(what: str, value, choices: tuple[str, ...]) -> None:
+    """Refuse a value outside `choices`: "unknown technique 'sgd'; use one of full, freeze, ..."."""
+    if value not in choices:
+        raise AutoftError(f"unknown {what} {value!r}", "use one of " + ", ".join(choices))
+
+
+def check_at_least(flag: str, value, low: int, fix: str | None = None) -> None:
+    """Refuse a number below `low` (None passes: not given)."""
+    if value is not None and value < low:
+        raise AutoftError(f"{flag} must be at least {low}, got {value}", fix or f"pass {flag} {max(low, 1)} or more")
+
+
 @dataclass
 class ModelSpec:
     """Architecture numbers of one checkpoint (from its published config.json) and its metadata."""
@@ -125,22 +139,14 @@ class TrainSetup:
     device: Literal["cuda", "cpu"] = "cuda"
 
     def __post_init__(self) -> None:
-        if self.technique not in TECHNIQUES:
-            raise AutoftError(f"unknown technique {self.technique!r}", "use one of " + ", ".join(TECHNIQUES))
-        if self.precision not in PRECISIONS:
-            raise AutoftError(f"unknown precision {self.precision!r}", "use one of " + ", ".join(PRECISIONS))
-        if self.optimizer not in OPTIMIZERS:
-            raise AutoftError(f"unknown optimizer {self.optimizer!r}", "use one of " + ", ".join(OPTIMIZERS))
-        if self.task not in TASKS:
-            raise AutoftError(f"unknown task {self.task!r}", "use classification or generation")
-        if self.batch_size < 1:
-            raise AutoftError(f"batch size must be at least 1, got {self.batch_size}", "pass --batch-size 1 or more")
-        if self.seq_len < 8:
-            raise AutoftError(f"sequence length must be at least 8 tokens, got {self.seq_len}", "pass --seq-len 128 or more")
-        if self.lora_rank < 1:
-            raise AutoftError(f"LoRA rank must be at least 1, got {self.lora_rank}", "pass --lora-rank 8, 16 or 64")
-        if self.freeze_layers is not None and self.freeze_layers < 0:
-            raise AutoftError("--freeze-layers must be 0 or more", "pass the number of bottom layers to freeze")
+        check_choice("technique", self.technique, TECHNIQUES)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("task", self.task, TASKS)
+        check_at_least("--batch-size", self.batch_size, 1)
+        check_at_least("--seq-len", self.seq_len, 8, fix="pass --seq-len 128 or more")
+        check_at_least("--lora-rank", self.lora_rank, 1, fix="pass --lora-rank 8, 16 or 64")
+        check_at_least("--freeze-layers", self.freeze_layers, 0, fix="pass the number of bottom layers to freeze")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -45,13 +45,21 @@ def base_model_id(model: str) -> str | None:
     return None
 
 
+def _is_adapter(technique: str) -> bool:
+    """The technique trains an adapter (peft) on a frozen base."""
+    from autoft.autotrain.techniques import TECHNIQUES  # noqa: PLC0415
+
+    info = TECHNIQUES.get(technique)
+    return bool(info and info.peft)
+
+
 def card_text(rec: dict, metrics: dict, data_name: str, command: str, label_names=None) -> str:
     from huggingface_hub import EvalResult, ModelCardData  # noqa: PLC0415
 
     model = rec["model"]["id"] if isinstance(rec.get("model"), dict) else str(rec.get("model"))
     technique = rec.get("technique", "?")
     merged = bool(metrics.get("merged"))
-    adapter = technique in ("lora", "qlora") and not merged
+    adapter = _is_adapter(technique) and not merged
     task = metrics.get("task", "classification")
     pipeline_tag = "text-classification" if task == "classification" else "text-generation"
     base = base_model_id(model)
@@ -92,7 +100,7 @@ def card_text(rec: dict, metrics: dict, data_name: str, command: str, label_name
               f"- technique: {technique}; learning rate {_fmt(cfg.get('learning_rate'))}, "
               f"weight decay {_fmt(cfg.get('weight_decay'))}"
               + (f", LoRA r {cfg.get('lora_r')}, alpha {cfg.get('lora_alpha')}, dropout {cfg.get('lora_dropout')}"
-                 if technique in ("lora", "qlora") else ""),
+                 if _is_adapter(technique) else ""),
               f"- batch: {rec.get('batch_size')} x {rec.get('gradient_accumulation_steps', 1)} accumulation; "
               f"sequence length {rec.get('seq_len')} tokens; precision {metrics.get('precision', rec.get('precision'))}",
               f"- steps: {metrics.get('final_steps')} of {metrics.get('planned_steps')} planned (linear decay, "

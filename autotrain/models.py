@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from autoft.advisor.spec import TASKS, check_choice
 from autoft.errors import AutoftError
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -120,29 +121,31 @@ def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: i
                              problem_type: str | None = None, model_dropout: float | None = None):
     """Load (model, tokenizer), unwrapped (techniques are applied by the caller).
 
-    Weights: fp32 for full/freeze (the trained weights are the fp32 master copy; bf16/fp16 run
-    under autocast); for lora the frozen base is stored in `precision`; for qlora the base is
-    4-bit NF4 (`quantization`, default `techniques.qlora.quantization_config(precision)`).
+    Weights: fp32 where the weights train (full/freeze: the fp32 master copy; bf16/fp16 run under
+    autocast); a frozen adapter base (lora) is stored in `precision`; a quantized technique's base
+    (qlora) is 4-bit NF4 (`quantization`, default `techniques.qlora.quantization_config(precision)`;
+    False loads it unquantized in `precision`, as a merge needs).
     `problem_type` ("multi_label_classification": sigmoid outputs) goes into the config, so the
     saved model says how to read its logits; `model_dropout` sets every dropout probability of
     the config (see dropout_overrides)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    if task not in ("classification", "generation"):
-        raise AutoftError(f"unknown task {task!r}", "use classification or generation")
-    if precision not in DTYPES:
-        raise AutoftError(f"unknown precision {precision!r}", "use fp32, bf16 or fp16")
+    from autoft.autotrain.techniques import get_technique
+
+    check_choice("task", task, TASKS)
+    check_choice("precision", precision, tuple(DTYPES))
+    info = get_technique(technique)
     tok = load_tokenizer(source, trust_remote_code=trust_remote_code)
     path, kw = resolve_source(source)
     kw["trust_remote_code"] = trust_remote_code
     dtype = torch.float32
-    if technique == "lora" and precision != "fp32":
+    if info.peft and precision != "fp32":
         dtype = getattr(torch, DTYPES[precision])
-    if technique == "qlora":
+    quantized = info.quantized and quantization is not False
+    if quantized:
         if quantization is None:
-            from autoft.autotrain.techniques.qlora import quantization_config
-            quantization = quantization_config(precision)
+            quantization = info.module.quantization_config(precision)
         kw["quantization_config"] = quantization
         kw["device_map"] = {"": device}
     try:
@@ -184,6 +187,6 @@ def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: i
         raise _not_available(str(source), e) from e
     if task == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
-    if technique != "qlora":
+    if not quantized:  # (a quantized model is placed by device_map)
         model.to(device)
     return model, tok

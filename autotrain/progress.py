@@ -27,6 +27,14 @@ from typing import Callable, TextIO
 Listener = Callable[[dict], None]
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Raised by a listener to stop a run at its next step (the TUI's Cancel, `should_stop`).
+
+    A KeyboardInterrupt on purpose: the run treats it like Ctrl-C (it stops after the persisted
+    trials and leaves a resumable output folder), and the bus, which swallows a listener's
+    ordinary exceptions, lets it through."""
+
+
 class Progress:
     """Event bus. `subscribe(fn)`; `emit(kind, **fields)`. Listener errors never stop a run."""
 

@@ -286,6 +286,24 @@ def sample_configs(search_space: dict, n: int, seed: int = 0, technique: str = "
     return configs
 
 
+def trial_hparams(config: dict, warmup: int) -> dict:
+    """The Trial's hyperparameters for a configuration: its warmup as steps, not a ratio (a ratio
+    of which run? the search's rungs and the final run differ in length)."""
+    hparams = {k: v for k, v in config.items() if k != "warmup_ratio"}
+    hparams["warmup_steps"] = int(warmup)
+    return hparams
+
+
+def smaller_micro_batch(bs: int, accum: int) -> tuple[int, int]:
+    """After an out-of-memory error: about half the micro-batch with the same effective batch
+    bs x accum (the largest divisor of it not above bs // 2)."""
+    eff = bs * accum
+    for d in range(max(1, bs // 2), 0, -1):
+        if eff % d == 0:
+            return d, eff // d
+    return 1, eff
+
+
 def warmup_steps(warmup_ratio: float, total_steps: int, cap: int | None = None) -> int:
     """Warmup in optimizer steps for a run of `total_steps`; kept below `cap` when given (the
     search keeps warmup inside the first rung)."""

@@ -305,22 +305,29 @@ class TrackioTracker(Tracker):
             handle.finish()
 
 
+def check_names(names: list[str] | str) -> list[str]:
+    """`--report-to` names, split at commas, lower-cased, de-duplicated and checked (unknown names
+    and "none" with others are one-line errors). ["none"] stays ["none"]."""
+    if isinstance(names, str):
+        names = [names]
+    names = list(dict.fromkeys(n.lower() for part in names for n in part.replace(",", " ").split()))
+    if "none" in names and len(names) > 1:
+        raise AutoftError("--report-to none cannot be combined with other trackers", "pass none alone")
+    unknown = [n for n in names if n not in TRACKERS and n != "none"]
+    if unknown:
+        raise AutoftError(f"unknown tracker {unknown[0]!r}", "use " + ", ".join([*TRACKERS, "none"]))
+    return names
+
+
 def make_trackers(names: list[str] | str | None, out_dir: str | os.PathLike) -> list[Tracker]:
-    """Listeners for `--report-to` NAMES (a list, or a comma-separated string). None: TensorBoard
+    """Listeners for `--report-to` NAMES (a list; each may be comma-separated). None: TensorBoard
     when it is installed, else nothing; "none": nothing. A named backend that is not installed is
     an AutoftError with the pip command that installs it."""
     if names is None:
         return [TRACKERS[DEFAULT](out_dir)] if TRACKERS[DEFAULT].available() else []
-    if isinstance(names, str):
-        names = [n for n in names.replace(",", " ").split() if n]
-    names = list(dict.fromkeys(n.strip().lower() for n in names))
-    if names == ["none"] or not names:
+    names = check_names(names)
+    if names in (["none"], []):
         return []
-    if "none" in names:
-        raise AutoftError("--report-to none cannot be combined with other trackers", "pass none alone")
-    unknown = [n for n in names if n not in TRACKERS]
-    if unknown:
-        raise AutoftError(f"unknown tracker {unknown[0]!r}", "use " + ", ".join([*TRACKERS, "none"]))
     out = []
     for n in names:
         cls = TRACKERS[n]

@@ -27,7 +27,12 @@ from typing import Any, Callable
 
 import torch
 
+from autoft.advisor.spec import OPTIMIZERS, TASKS, check_at_least, check_choice
+from autoft.autotrain.checkpoints import TRIAL_META, TrialDiverged, is_complete
+from autoft.autotrain.schedule import smaller_micro_batch
 from autoft.errors import AutoftError
+
+__all__ = ["Trial", "TrialDiverged", "resolve_device"]
 
 # The hparams keys a Trial understands (a technique ignores those that do not apply to it).
 HPARAM_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "warmup_steps", "lora_r",
@@ -35,16 +40,6 @@ HPARAM_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "warmup_steps", 
 MULTI_LABEL = "multi_label_classification"
 LR_SCHEDULES = ("constant", "linear", "cosine")
 CHECKPOINT_FORMAT = 1
-
-
-class TrialDiverged(RuntimeError):
-    """The training loss turned NaN or infinite: this configuration failed (not a bug, not fatal).
-
-    `step` is the optimizer step at which it was seen, `loss` the value read back."""
-
-    def __init__(self, step: int, loss: float):
-        self.step, self.loss = step, loss
-        super().__init__(f"training loss became {loss} at optimizer step {step}")
 
 
 class Trial:
@@ -128,28 +123,9 @@ class Trial:
                          trust_remote_code=trust_remote_code, max_eval_examples=max_eval_examples,
                          optimizer=optimizer, packing=packing, log_every=log_every,
                          class_weights=class_weights, problem_type=problem_type)
-        # -- validate arguments (one-line errors, before any model is loaded) --
-        unknown = sorted(set(hparams) - set(HPARAM_KEYS))
-        if unknown:
-            raise AutoftError(f"unknown hyperparameter(s) {', '.join(unknown)}",
-                              "use " + ", ".join(HPARAM_KEYS))
-        if task not in ("classification", "generation"):
-            raise AutoftError(f"unknown task {task!r}", "use classification or generation")
-        if lr_schedule not in LR_SCHEDULES:
-            raise AutoftError(f"unknown learning-rate schedule {lr_schedule!r}", "use constant, linear or cosine")
-        if lr_schedule != "constant" and not total_steps:
-            raise AutoftError(f"the {lr_schedule} schedule needs total_steps", "pass total_steps")
-        if batch_size < 1 or grad_accum < 1 or seq_len < 8:
-            raise AutoftError("batch_size and grad_accum must be at least 1 and seq_len at least 8")
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise AutoftError(f"unknown precision {precision!r}", "use fp32, bf16 or fp16")
+        _check_args(hparams, task, lr_schedule, total_steps, batch_size, grad_accum, seq_len, precision,
+                    device, optimizer)  # one-line errors, before any model is loaded
         self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise AutoftError("device cuda was asked for but no CUDA GPU is visible", "use --gpu cpu")
-        if self.device.type == "cpu" and precision != "fp32":
-            raise AutoftError(f"precision {precision} needs a CUDA GPU", "use fp32 on the CPU")
-        if optimizer not in ("adamw", "adamw-8bit", "paged-adamw-8bit"):
-            raise AutoftError(f"unknown optimizer {optimizer!r}", "use adamw, adamw-8bit or paged-adamw-8bit")
         self.info = get_technique(technique)
         self.tech_config = make_config(technique, hparams)
         self.task, self.technique, self.hparams = task, technique, hparams
@@ -185,12 +161,7 @@ class Trial:
         # segment ids only for models that have segment embeddings (BERT-style pairs)
         self._token_types = int(getattr(model.config, "type_vocab_size", 0) or 0) >= 2
         model.config.use_cache = False  # no KV cache while training (generate() turns it on)
-        if gradient_checkpointing and technique != "qlora":
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if technique == "qlora":
-            model = self.info.module.apply(model, self.tech_config, task, gradient_checkpointing)
-        else:
-            model = self.info.module.apply(model, self.tech_config, task)
+        model = self.info.module.apply(model, self.tech_config, task, gradient_checkpointing)
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         # Trainable weights are fp32 masters whatever the base is stored in (a LoRA head copied
@@ -219,7 +190,23 @@ class Trial:
         self.steps_done, self.samples_seen, self.tokens_seen = 0, 0, 0
         self.history: list[dict] = []
         self.merged = False
+        # out-of-memory back-off: how often it happened, and who to tell (bs, accum)
+        self.backoffs = 0
+        self.on_backoff: Callable[[int, int], None] | None = None
         model.train()  # once; evaluate() puts it back
+
+    @classmethod
+    def from_spec(cls, spec, bundle: Any, hparams: dict, **schedule) -> "Trial":
+        """A Trial for one configuration (`hparams`) of a run's `plan.TrialSpec`; `schedule` gives
+        lr_schedule, total_steps, decay_start (and may override max_eval_examples)."""
+        kw = dict(task=spec.task, technique=spec.technique, batch_size=spec.batch_size,
+                  grad_accum=spec.grad_accum, seq_len=spec.seq_len, precision=spec.precision,
+                  gradient_checkpointing=spec.gradient_checkpointing, device=spec.device, seed=spec.seed,
+                  optimizer=spec.optimizer, max_eval_examples=spec.max_eval_examples,
+                  trust_remote_code=spec.trust_remote_code,
+                  class_weights=list(spec.class_weights) if getattr(spec, "class_weights", None) else None)
+        kw.update(schedule)
+        return cls(spec.model, bundle, hparams=hparams, **kw)
 
     # -- construction helpers --------------------------------------------------------------------
     def _make_optimizer(self, groups: list[dict], name: str):
@@ -381,10 +368,40 @@ class Trial:
 
         `on_step` is called every `log_every` steps and at the last one with {step, loss, lr,
         epoch, samples, tokens, seconds}. Returns {steps_done (total so far), steps (this call),
-        train_loss (mean over this call's steps), samples, tokens, seconds, epoch,
-        peak_memory_bytes (CUDA only, else None)}.
-        Raises `TrialDiverged` on a NaN/inf loss; lets `torch.OutOfMemoryError` propagate (call
-        `set_micro_batch` and train again: the interrupted optimizer step is redone)."""
+        train_loss (mean over the steps since the last back-off), samples, tokens, seconds,
+        epoch, peak_memory_bytes (CUDA only, else None)}.
+
+        Out of memory: the one back-off of autoft (search and final run alike) - half the
+        micro-batch, twice the accumulation (the same effective batch), the interrupted optimizer
+        step redone - down to micro-batch 1, where `torch.OutOfMemoryError` propagates.
+        Raises `TrialDiverged` on a NaN/inf loss."""
+        target, samples0, tokens0 = self.steps_done + steps, self.samples_seen, self.tokens_seen
+        t0 = time.perf_counter()
+        while True:
+            try:
+                res = self._train(target - self.steps_done, on_step)
+                break
+            except torch.OutOfMemoryError as err:
+                self._back_off(err)
+        res.update(steps=steps, samples=self.samples_seen - samples0, tokens=self.tokens_seen - tokens0,
+                   seconds=time.perf_counter() - t0)
+        return res
+
+    def _back_off(self, err: BaseException) -> None:
+        """After an out-of-memory error: a smaller micro-batch with the same effective batch, or
+        `err` again at micro-batch 1."""
+        if self.batch_size <= 1:
+            raise err
+        bs, accum = smaller_micro_batch(self.batch_size, self.grad_accum)
+        self.backoffs += 1
+        self.set_micro_batch(bs, accum)
+        gc.collect()
+        if self.on_backoff is not None:
+            self.on_backoff(bs, accum)
+
+    def _train(self, steps: int, on_step: Callable[[dict], None] | None) -> dict:
+        """`train` without the back-off: an out-of-memory error rolls the half-done step back and
+        propagates."""
         from autoft.autotrain.tasks import collate
 
         if self.model is None:
@@ -444,12 +461,12 @@ class Trial:
                 last_read = s + 1
                 if not math.isfinite(mean):
                     raise TrialDiverged(self.steps_done, mean)
-                rec = {"step": self.steps_done, "loss": mean, "lr": sched.get_last_lr()[0],
+                entry = {"step": self.steps_done, "loss": mean, "lr": sched.get_last_lr()[0],
                        "epoch": round(self.stream.epoch, 4), "samples": self.samples_seen,
                        "tokens": self.tokens_seen, "seconds": time.perf_counter() - t0}
-                self.history.append(rec)
+                self.history.append(entry)
                 if on_step is not None:
-                    on_step(rec)
+                    on_step(entry)
         seconds = time.perf_counter() - t0
         mean_loss = losses.mean().item()
         if not math.isfinite(mean_loss):
@@ -490,7 +507,6 @@ class Trial:
             idx = order[k:k + bs]
             yield idx, collate((enc[i] for i in idx), self.tokenizer.pad_token_id, self.task)
 
-    @torch.no_grad()
     def evaluate(self, split: str = "validation", max_examples: int | None = None) -> dict:
         """Metrics on a split (no gradients, model back to train mode afterwards).
         Classification: {loss, accuracy, macro_f1, per_class {label: {precision, recall, f1,
@@ -499,7 +515,16 @@ class Trial:
         Multi-label: {loss, micro_f1, macro_f1, micro_precision, micro_recall, subset_accuracy,
         per_label {...}, threshold, labels, examples}: on "validation" the decision threshold is
         tuned first (the one that maximises micro-F1) and kept for later splits (test).
-        Generation: {eval_loss, perplexity, tokens, examples}."""
+        Generation: {eval_loss, perplexity, tokens, examples}.
+        Out of memory: the training back-off (evaluation batches follow the micro-batch)."""
+        while True:
+            try:
+                return self._evaluate(split, max_examples)
+            except torch.OutOfMemoryError as err:
+                self._back_off(err)
+
+    @torch.no_grad()
+    def _evaluate(self, split: str, max_examples: int | None) -> dict:
         from autoft.autotrain import evaluate as ev
 
         model = self.model
@@ -634,9 +659,9 @@ class Trial:
                 "stream_position": self.stream.position, "samples_seen": self.samples_seen,
                 "tokens_seen": self.tokens_seen, "history": self.history, "threshold": self.threshold}
         # Written last: a checkpoint without trial.json is incomplete (a kill mid-save).
-        tmp = path / "trial.json.tmp"
+        tmp = path / (TRIAL_META + ".tmp")
         tmp.write_text(json.dumps(meta, indent=1))
-        tmp.replace(path / "trial.json")
+        tmp.replace(path / TRIAL_META)
         return path
 
     def restore(self, path: str | os.PathLike) -> None:
@@ -645,9 +670,7 @@ class Trial:
         from safetensors.torch import load_file
 
         path = Path(path)
-        if not (path / "trial.json").is_file():
-            raise AutoftError(f"{path} is not a complete checkpoint (no trial.json)", "re-run that trial")
-        meta = json.loads((path / "trial.json").read_text())
+        meta = _checkpoint_meta(path)
         weights = load_file(str(path / "trainable.safetensors"), device=str(self.device))
         named = dict(self.model.named_parameters())
         missing = [n for n, p in named.items() if p.requires_grad and n not in weights]
@@ -676,9 +699,7 @@ class Trial:
         """Rebuild the Trial described by `path`/trial.json with `bundle` (overrides replace
         constructor arguments, e.g. device, total_steps, lr_schedule) and restore its state."""
         path = Path(path)
-        if not (path / "trial.json").is_file():
-            raise AutoftError(f"{path} is not a complete checkpoint (no trial.json)", "re-run that trial")
-        args = json.loads((path / "trial.json").read_text())["args"]
+        args = _checkpoint_meta(path)["args"]
         args.update(overrides)
         source = args.pop("model_source")
         trial = cls(source, bundle, **args)
@@ -688,17 +709,16 @@ class Trial:
     def save_model(self, out_dir: str | os.PathLike, merge: bool = False) -> Path:
         """The trained model in Hugging Face format, tokenizer and label mapping (id2label) too.
         lora/qlora: a PEFT adapter (`PeftModel.from_pretrained(base, out_dir)` loads it), or with
-        merge=True merged full weights (qlora: the base is reloaded in the compute dtype, not
-        4-bit, and the adapter merged into it). full/freeze: save_pretrained (safetensors).
-        After merge=True of a lora Trial, the Trial cannot train further."""
+        merge=True merged full weights (the technique's `merge`; qlora reloads the base in the
+        compute dtype, not 4-bit, and leaves the Trial as it was). full/freeze: save_pretrained
+        (safetensors). After merge=True of a technique that merges in place (lora) the Trial
+        cannot train further."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         model = self.model
         if self.info.peft and merge:
-            if self.technique == "qlora":
-                model = self._dequantized_merged()
-            else:
-                model = model.merge_and_unload()
+            model = self.info.module.merge(model, self.tech_config, self.task, self._load_base)
+            if self.info.merge_in_place:
                 self.model, self.merged = model, True
             model.save_pretrained(out, safe_serialization=True)
             if self.multi_label:
@@ -724,24 +744,17 @@ class Trial:
     def _label_reading(self) -> dict:
         return {"problem_type": MULTI_LABEL, "threshold": self.threshold} if self.multi_label else {}
 
-    def _dequantized_merged(self):
-        """QLoRA merge: reload the base in the compute dtype (not 4-bit), load the trained
-        adapter and head into it, merge. The adapter was trained against the NF4 weights, so the
-        merged model differs from the 4-bit one by the quantisation error (the usual QLoRA merge)."""
-        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-
+    def _load_base(self):
+        """The base model again, unquantized in the compute dtype (what a merge goes into)."""
         from autoft.autotrain.models import load_model_and_tokenizer
-        from autoft.autotrain.techniques import lora
 
-        dtype_precision = self.precision
-        base, _ = load_model_and_tokenizer(self.args["model_source"], self.task, "lora",
-                                           label_names=self.label_names or None,
-                                           precision=dtype_precision, device=str(self.device),
+        base, _ = load_model_and_tokenizer(self.args["model_source"], self.task, self.technique,
+                                           label_names=self.label_names or None, precision=self.precision,
+                                           device=str(self.device), quantization=False,
                                            trust_remote_code=self.args["trust_remote_code"],
-                                           problem_type=self.args.get("problem_type") if self.task == "classification" else None)
-        peft_model = get_peft_model(base, lora.peft_config(base, self.tech_config, self.task))
-        set_peft_model_state_dict(peft_model, get_peft_model_state_dict(self.model))
-        return peft_model.merge_and_unload()
+                                           problem_type=self.args.get("problem_type") if self.task == "classification"
+                                           else None)
+        return base
 
     def close(self) -> None:
         """Drop the model, optimizer and data; gc.collect() and empty the CUDA cache."""
@@ -764,3 +777,38 @@ class Trial:
             total += n
             trainable += n if p.requires_grad else 0
         return trainable, total
+
+
+def _checkpoint_meta(path: Path) -> dict:
+    if not is_complete(path):
+        raise AutoftError(f"{path} is not a complete checkpoint (no {TRIAL_META})", "re-run that trial")
+    return json.loads((path / TRIAL_META).read_text())
+
+
+def _check_args(hparams: dict, task: str, lr_schedule: str, total_steps: int | None, batch_size: int,
+                grad_accum: int, seq_len: int, precision: str, device: str, optimizer: str) -> None:
+    """The Trial's arguments, checked before any model is loaded (one-line errors)."""
+    unknown = sorted(set(hparams) - set(HPARAM_KEYS))
+    if unknown:
+        raise AutoftError(f"unknown hyperparameter(s) {', '.join(unknown)}", "use " + ", ".join(HPARAM_KEYS))
+    check_choice("task", task, TASKS)
+    check_choice("learning-rate schedule", lr_schedule, LR_SCHEDULES)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("precision", precision, ("fp32", "bf16", "fp16"))
+    if lr_schedule != "constant" and not total_steps:
+        raise AutoftError(f"the {lr_schedule} schedule needs total_steps", "pass total_steps")
+    check_at_least("batch_size", batch_size, 1)
+    check_at_least("grad_accum", grad_accum, 1)
+    check_at_least("seq_len", seq_len, 8)
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise AutoftError("device cuda was asked for but no CUDA GPU is visible", "use --gpu cpu")
+    if kind == "cpu" and precision != "fp32":
+        raise AutoftError(f"precision {precision} needs a CUDA GPU", "use fp32 on the CPU")
+
+
+def resolve_device(choice: str | None) -> str:
+    """'auto' (or None): CUDA when a GPU is visible, else the CPU; anything else as given."""
+    if choice and choice != "auto":
+        return choice
+    return "cuda" if torch.cuda.is_available() else "cpu"

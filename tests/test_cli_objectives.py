@@ -79,9 +79,19 @@ def test_small_data_full_fine_tuning_searches_the_model_dropout(capsys):
     assert "model_dropout" not in d["search_space"]
 
 
-def test_report_to_parses_and_refuses_unknown_names(capsys):
-    args = build_parser().parse_args(["run", "--report-to", "tensorboard,mlflow", "wandb"])
-    assert args.report_to == ["tensorboard,mlflow", "wandb"]
+def test_run_flags_become_options_and_back(capsys):
+    from autoft.autotrain.options import to_argv
+    from autoft.cli.run import options_from_args
+
+    argv = ["run", "--data", "d/", "--report-to", "tensorboard,mlflow", "wandb", "--text-pair-column", "b",
+            "--label-columns", "x,y", "--no-allow-empty-labels", "--class-weights", "balanced", "--metric", "loss"]
+    opts = options_from_args(build_parser().parse_args(argv))
+    assert opts.report_to == ["tensorboard", "mlflow", "wandb"] and opts.allow_empty_labels is False
+    assert opts.data_columns() == {"text_pair_column": "b", "label_columns": "x,y", "allow_empty_labels": False}
+    assert opts.question["class_weights"] == "balanced" and opts.question["metric"] == "loss"
+    back = to_argv(opts)
+    assert back[back.index("--report-to"):][:4] == ["--report-to", "tensorboard", "mlflow", "wandb"]
+    assert "--no-allow-empty-labels" in back and options_from_args(build_parser().parse_args(back[1:])) == opts
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["run", "--report-to", "neptune"])
     assert e.value.code == 2 and "unknown tracker 'neptune'" in capsys.readouterr().err

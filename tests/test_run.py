@@ -208,7 +208,8 @@ def test_continued_final_run_interrupted_before_its_first_best_resumes_from_the_
     """Ctrl-C before the continued final run saved anything: the winner's search checkpoint is
     still there, so --resume continues it again from its search steps, not from step 0."""
     pytest.importorskip("torch")
-    from autoft.autotrain.pipeline import FINAL_CKPT, RunOptions, run
+    from autoft.autotrain.checkpoints import FINAL_DIR as FINAL_CKPT
+    from autoft.autotrain.pipeline import RunOptions, run
 
     data, rec = _generation_job(tmp_path)
     common = dict(data=str(data), recommendation=rec, search_trials=2, eta=2, min_steps=2, max_steps=10,
@@ -235,7 +236,8 @@ def test_interrupted_final_run_resumes_from_its_last_best_checkpoint(tmp_path):
     """Ctrl-C in the middle of the final fine-tune; --resume continues from the last best
     checkpoint (not from step 0) and ends exactly where an uninterrupted run ends."""
     pytest.importorskip("torch")
-    from autoft.autotrain.pipeline import FINAL_CKPT, RunOptions, run
+    from autoft.autotrain.checkpoints import FINAL_DIR as FINAL_CKPT
+    from autoft.autotrain.pipeline import RunOptions, run
 
     data, rec = _generation_job(tmp_path)
     common = dict(data=str(data), recommendation=rec, no_search=True, max_steps=12, eval_every=3)

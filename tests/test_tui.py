@@ -225,6 +225,7 @@ def test_tui_and_autoft_run_make_the_same_plan(shared_data, tmp_path, monkeypatc
     own question building; the Question and the recommendation come out equal."""
     _real_core_or_skip()
     pipeline = pytest.importorskip("autoft.autotrain.pipeline")
+    from autoft.cli.run import run_from_argv
     data = shared_data / "tweet_sentiment_de"
     if not data.is_dir():
         pytest.skip("tweet_sentiment_de not in the shared data")
@@ -259,7 +260,7 @@ def test_tui_and_autoft_run_make_the_same_plan(shared_data, tmp_path, monkeypatc
 
     monkeypatch.setattr(pipeline, "_advise", spy)
     with pytest.raises(Stop):
-        pipeline.run_from_argv(shlex.split(command)[2:])
+        run_from_argv(shlex.split(command)[2:])
     from autoft.advisor.question import Question
 
     assert Question(**seen["question"]) == question

@@ -15,7 +15,8 @@ from pathlib import Path
 from autoft.advisor.spec import GPU, Hardware
 from autoft.advisor.units import GIB
 from autoft.errors import AutoftError, DataError
-from autoft.tui.services import RunCancelled, Services
+from autoft.autotrain.progress import RunInterrupted
+from autoft.tui.services import Services
 
 
 @dataclass
@@ -138,7 +139,7 @@ class FakeRun:
         def emit(kind, **kw):
             on_event({"kind": kind, **kw})
             if cancel.is_set():
-                raise RunCancelled()
+                raise RunInterrupted()
 
         for rung, trials, steps in ((0, (0, 1, 2), 10), (1, (1,), 30)):
             emit("rung_start", rung=rung, n_rungs=2, n_trials=len(trials), budget_steps=steps)
@@ -155,7 +156,7 @@ class FakeRun:
                         self.holding.set()
                         while not cancel.is_set() and not _worker_cancelled():
                             time.sleep(0.01)
-                        raise RunCancelled()
+                        raise RunInterrupted()
                 rec = {"trial": t, "rung": rung, "metric": 0.6 + 0.1 * t + 0.05 * rung, "status": "ok",
                        "metric_name": "accuracy", "steps": steps, "config": {"learning_rate": [3e-5, 1e-4, 3e-4][t]}}
                 with open(store, "a") as f:

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from autoft.advisor.question import Question, fill_unset
+from autoft.autotrain.options import ALLOW_EMPTY_HELP, DATA_COLUMNS, DATA_METAVARS
 
 
 def _int(text: str) -> int:
@@ -49,31 +50,16 @@ def question_from_args(args: argparse.Namespace, facts: dict | None = None) -> Q
     return Question(**fill_unset(kw, facts or {}))
 
 
-# Column flags of the data layer (autoft.autotrain.data.load_data), shared by advise and run.
-DATA_COLUMNS = {
-    "text_column": "column with the input text (classification; default: guessed)",
-    "label_column": "column with the label (classification; default: guessed)",
-    "prompt_column": "column with the prompt/instruction (generation; default: guessed)",
-    "response_column": "column with the response/output (generation; default: guessed)",
-    "text_pair_column": "second text of a sentence pair (classification; default: sentence2, hypothesis, "
-                        "... when the data has such a pair)",
-    "label_columns": "multi-label as several 0/1 columns: their names, comma-separated (default: found "
-                     "when the data has no label column)",
-}
-METAVARS = {"label_columns": "A,B,..."}
-ALLOW_EMPTY_HELP = ("multi-label: a row may have no label at all ('none of these'); default: yes for "
-                    "0/1 columns, no for label lists")
-
-
 def add_data_flags(group) -> None:
     for name, help_ in DATA_COLUMNS.items():
-        group.add_argument("--" + name.replace("_", "-"), dest=name, metavar=METAVARS.get(name, "NAME"), help=help_)
+        group.add_argument("--" + name.replace("_", "-"), dest=name, metavar=DATA_METAVARS.get(name, "NAME"), help=help_)
     group.add_argument("--allow-empty-labels", dest="allow_empty_labels", action=argparse.BooleanOptionalAction,
                        default=None, help=ALLOW_EMPTY_HELP)
 
 
 def data_column_kwargs(obj) -> dict:
-    """load_data keyword arguments for the column flags that were given (args or RunOptions)."""
+    """load_data keyword arguments for the column flags that were given (`autoft advise`; `autoft
+    run` has RunOptions.data_columns)."""
     out = {n: getattr(obj, n) for n in DATA_COLUMNS if getattr(obj, n, None)}
     if getattr(obj, "allow_empty_labels", None) is not None:
         out["allow_empty_labels"] = obj.allow_empty_labels

@@ -1,13 +1,17 @@
-"""Shared pieces of the techniques: finding the transformer block list, the head, and building
-optimizer parameter groups (no weight decay on biases and norms; optional layer-wise LR decay)."""
+"""Shared pieces of the techniques: finding the transformer block list, the head, gradient
+checkpointing, and building optimizer parameter groups (no weight decay on biases and norms;
+optional layer-wise LR decay). torch is imported inside the functions: the registry stays cheap to
+import for callers that only ask a technique what it is (the card, the report)."""
 from __future__ import annotations
 
 from dataclasses import fields
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from autoft.errors import AutoftError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 HEAD_NAMES = ("classifier", "score")  # sequence-classification heads (BERT-style, decoder-style)
 
@@ -16,6 +20,8 @@ def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The list of transformer blocks: BERT-style `encoder.layer`, Llama-style `model.layers`,
     GPT-2-style `transformer.h`, ... found generically as the largest nn.ModuleList (by parameter
     count) of identical blocks. Returns (qualified name, the ModuleList)."""
+    from torch import nn
+
     best, best_n = None, -1
     for name, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) > 0 and len({type(m) for m in mod}) == 1:
@@ -73,6 +79,12 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float,
         groups.setdefault((lr * scale, wd), []).append(p)
     return [{"params": ps, "lr": glr, "initial_lr": glr, "weight_decay": wd}
             for (glr, wd), ps in groups.items()]
+
+
+def enable_checkpointing(model: nn.Module, on: bool) -> None:
+    """Recompute activations in backward (non-reentrant: works with frozen inputs and peft)."""
+    if on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def config_from_hparams(config_cls, hparams: dict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from autoft.autotrain.techniques.common import find_layers, layer_index, parameter_groups
+from autoft.autotrain.techniques.common import enable_checkpointing, find_layers, layer_index, parameter_groups
 from autoft.errors import AutoftError
 
 NAME = "freeze"
@@ -35,7 +35,8 @@ def frozen_count(num_layers: int, freeze_layers: int | None) -> int:
     return freeze_layers
 
 
-def apply(model, config: FreezeConfig, task: str):
+def apply(model, config: FreezeConfig, task: str, gradient_checkpointing: bool = False):
+    enable_checkpointing(model, gradient_checkpointing)
     layers_name, layers = find_layers(model)
     k = frozen_count(len(layers), config.freeze_layers)
     if k >= len(layers):

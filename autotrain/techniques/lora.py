@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from autoft.autotrain.techniques.common import head_names, parameter_groups
+from autoft.autotrain.techniques.common import enable_checkpointing, head_names, parameter_groups
 from autoft.errors import AutoftError
 
 NAME = "lora"
@@ -58,10 +58,17 @@ def peft_config(model, config: LoraConfig, task: str):
     )
 
 
-def apply(model, config: LoraConfig, task: str):
+def apply(model, config: LoraConfig, task: str, gradient_checkpointing: bool = False):
     from peft import get_peft_model
 
+    enable_checkpointing(model, gradient_checkpointing)
     return get_peft_model(model, peft_config(model, config, task))
+
+
+def merge(model, config: LoraConfig, task: str, load_base):
+    """The adapter merged into the base weights (the PeftModel is consumed). `load_base` is
+    unused: LoRA's base is already in the compute dtype."""
+    return model.merge_and_unload()
 
 
 def trainable_parameter_groups(model, config: LoraConfig, lr: float, weight_decay: float = 0.0) -> list[dict]:

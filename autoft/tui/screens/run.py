@@ -138,7 +138,7 @@ class RunScreen(Step):
 
         try:
             result = self.services.run(argv, on_event=on_event, cancel=self.cancel_event)
-        except KeyboardInterrupt:  # RunCancelled, or the pipeline's own Ctrl-C
+        except KeyboardInterrupt:  # progress.RunInterrupted (Cancel), or Ctrl-C
             self.app.call_from_thread(self._finished, None, None, True)
             return
         except AutoftError as err:
