@@ -95,3 +95,22 @@ def test_run_flags_become_options_and_back(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["run", "--report-to", "neptune"])
     assert e.value.code == 2 and "unknown tracker 'neptune'" in capsys.readouterr().err
+
+
+def test_the_plan_takes_weights_and_metric_from_the_recommendation(shared_data):
+    from autoft.advisor.recommend import Recommendation
+    from autoft.autotrain import imbalance
+    from autoft.autotrain.data import load_data
+    from autoft.autotrain.options import RunOptions
+    from autoft.autotrain.plan import make_plan
+
+    b = load_data(shared_data / "go_emotions")
+    rec = Recommendation(model={"id": "m"}, technique="full", task="classification", class_weights="balanced",
+                         metric="macro_f1", search_space={"learning_rate": [1e-5, 1e-4]})
+    plan = make_plan(rec, RunOptions(max_steps=50), b, task="classification", device="cpu")
+    assert plan.trial.class_weights == tuple(imbalance.class_weights(b, "balanced"))
+    assert (plan.metric, plan.higher_is_better) == ("macro_f1", True) and plan.search.metric == "macro_f1"
+    rec = Recommendation(model={"id": "m"}, technique="full", task="classification", metric="loss",
+                         metric_higher_is_better=False)
+    plan = make_plan(rec, RunOptions(max_steps=50), b, task="classification", device="cpu")
+    assert plan.trial.class_weights is None and (plan.metric, plan.higher_is_better) == ("loss", False)
