@@ -362,7 +362,7 @@ def test_out_of_memory_rolls_back_the_step_and_micro_batch_can_halve(monkeypatch
         return real_forward(*a, **k)
     monkeypatch.setattr(t.model, "forward", flaky)
     with pytest.raises(torch.OutOfMemoryError):
-        t.train(2)
+        t._train(2, None)  # the loop without the back-off
     assert t.steps_done == 1 and t.stream.position == pos and t.samples_seen == 8
     assert all(p.grad is None for p in t.params)
     with pytest.raises(ValueError, match="effective batch"):
@@ -372,6 +372,28 @@ def test_out_of_memory_rolls_back_the_step_and_micro_batch_can_halve(monkeypatch
     r = t.train(2)
     assert r["samples"] == 16 and t.steps_done == 3 and t.stream.position == pos + 16
     assert t.samples_seen == 24 and t.history[-1]["samples"] == 24
+
+
+def test_train_backs_off_by_itself_and_redoes_the_step(monkeypatch):
+    """The one back-off: an OOM halves the micro-batch (same effective batch), the interrupted step
+    is redone, the caller is told; at micro-batch 1 the OOM propagates."""
+    t = Trial(MINILM, easy_classification(16, 8), task="classification", technique="lora",
+              hparams={"learning_rate": 1e-3}, batch_size=4, grad_accum=1, seq_len=32)
+    real_forward, told = t.model.forward, []
+
+    def too_big_above_1(*a, **k):
+        if t.model.training and k["input_ids"].shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(*a, **k)
+    monkeypatch.setattr(t.model, "forward", too_big_above_1)
+    t.on_backoff = lambda bs, acc: told.append((bs, acc))
+    r = t.train(2)
+    assert told == [(2, 2), (1, 4)] and (t.batch_size, t.grad_accum) == (1, 4) and t.backoffs == 2
+    assert t.steps_done == 2 and r["samples"] == 8 and t.samples_seen == 8
+    monkeypatch.setattr(t.model, "forward", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    with pytest.raises(torch.OutOfMemoryError):
+        t.train(1)
+    assert t.steps_done == 2
 
 
 # -- generation on a tiny Llama, every technique ----------------------------------------------
