@@ -10,6 +10,9 @@ from typing import Any
 
 from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TASKS, TECHNIQUES, check_at_least, check_choice
 
+CLASS_WEIGHTS = ("auto", "balanced", "none")
+METRICS = ("accuracy", "macro_f1", "micro_f1", "loss")
+
 
 def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None = None,
        metavar: str | None = None, group: str = "situation") -> Any:
@@ -37,6 +40,12 @@ class Question:
                                  metavar="TOKENS", group="hidden")
     seq_len_mean: int | None = _f(None, "mean example length in tokens (read from --data; predicts "
                                   "training speed)", metavar="TOKENS", group="hidden")
+    imbalance_ratio: float | None = _f(None, "train rows of the largest class over the smallest "
+                                       "(multi-label: of the most over the least frequent label; "
+                                       "read from --data)", metavar="RATIO", group="hidden")
+    majority_share: float | None = _f(None, "share of train rows in the largest class, 0-1 "
+                                      "(single-label; read from --data)", metavar="SHARE", group="hidden")
+    multi_label: bool | None = _f(None, "several labels per row (read from --data)", group="hidden")
     gpu: str = _f("auto", "hardware to plan for: auto (probe this machine), cpu, or a GPU name from "
                   "the table (A100-80GB, H100-80GB, L4, T4, RTX-4090, ...)", metavar="auto|cpu|NAME",
                   group="hardware")
@@ -64,6 +73,14 @@ class Question:
     lora_rank: int | None = _f(None, "LoRA rank r (alpha is 2r)", metavar="R", group="override")
     freeze_layers: int | None = _f(None, "freeze: number of bottom layers kept frozen", metavar="K",
                                    group="override")
+    class_weights: str | None = _f(None, "classification loss: balanced weighs each class by "
+                                   "rows / (classes x its rows) (multi-label: each label's positives by "
+                                   "negatives / positives); none is plain cross-entropy; auto (default) lets "
+                                   "the advisor turn it on for heavy imbalance", choices=CLASS_WEIGHTS,
+                                   group="override")
+    metric: str | None = _f(None, "validation metric the search and early stopping rank by: accuracy, "
+                            "macro_f1, micro_f1 (multi-label) or loss; default: the advisor's choice "
+                            "(macro_f1 for imbalanced classes)", choices=METRICS, group="override")
     force: bool = _f(False, "accept an override that the advisor predicts will not fit",
                      group="override")
     trust_remote_code: bool = _f(False, "allow a model's own Python code from the Hub to run "
@@ -74,9 +91,10 @@ class Question:
         for name in ("data_size", "batch_size", "gradient_accumulation_steps", "seq_len", "lora_rank", "gpus"):
             check_at_least("--" + name.replace("_", "-"), getattr(self, name), 0 if name == "data_size" else 1)
         for name, choices in (("task", TASKS), ("technique", TECHNIQUES), ("precision", PRECISIONS),
-                              ("optimizer", OPTIMIZERS)):
-            if getattr(self, name) is not None:
-                check_choice(name, getattr(self, name), choices)
+                              ("optimizer", OPTIMIZERS), ("class weights", CLASS_WEIGHTS), ("metric", METRICS)):
+            attr = name.replace(" ", "_")
+            if getattr(self, attr) is not None:
+                check_choice(name, getattr(self, attr), choices)
         self.language = (self.language or "en").lower()
         self.domain = (self.domain or "general").lower()
 

@@ -37,7 +37,10 @@ MAX_BATCH_SEARCH = 256  # the largest micro-batch the fit search looks for
 SCHEMA_VERSION = 1
 # How the trainer reads each search-space entry (documented in docs/advise-json.md).
 SEARCH_SPACE_KINDS = {"learning_rate": "log-range", "weight_decay": "range", "warmup_ratio": "range",
-                      "layer_decay": "range", "lora_rank": "choices", "lora_dropout": "choices"}
+                      "layer_decay": "range", "lora_rank": "choices", "lora_dropout": "choices",
+                      "model_dropout": "choices"}
+# Validation metrics the search can rank by (the keys of Trial.evaluate()) -> higher is better.
+METRICS = {"accuracy": True, "macro_f1": True, "micro_f1": True, "loss": False, "eval_loss": False}
 _MLP_MODULES = {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "dense", "fc1", "fc2", "lin1",
                 "lin2", "c_fc", "Wi", "dense_h_to_4h", "dense_4h_to_h", "w1", "w2", "w3"}
 
@@ -76,6 +79,9 @@ class Recommendation:
     num_labels: int | None = None
     warnings: list[str] = field(default_factory=list)
     question: dict = field(default_factory=dict)
+    class_weights: str = "none"  # classification loss: balanced | none (autotrain/imbalance.py)
+    metric: str | None = None  # validation metric the search ranks by (a key of Trial.evaluate())
+    metric_higher_is_better: bool = True
     trust_remote_code: bool = False
     schema_version: int = SCHEMA_VERSION
     # predicted speed of this setting (advisor/speed.py): examples_per_s, step_s, epoch_s,
@@ -234,6 +240,8 @@ class _Advisor:
             "gpu_bf16": bool(g.bf16) if g else False,
             "memory_gib": nice(self.memory / GIB), "budget_gib": nice(self.budget / GIB),
             "cpu_cores": hw.cpu_cores, "ram_gib": nice(hw.ram_bytes / GIB) if hw.ram_bytes else None,
+            "imbalance_ratio": q.imbalance_ratio, "majority_share": q.majority_share,
+            "multi_label": q.multi_label,
         }
         self.seq_wanted, self.seq_reason = self._seq_wanted()
 
@@ -367,6 +375,7 @@ class _Advisor:
             reasons += out.reason_for("freeze_fraction") if q.freeze_layers is None else [
                 _reason("OVERRIDE", f"{q.freeze_layers} bottom layers frozen (you set it)")]
         reasons += out.reason_for("lr_range")
+        reasons += out.reason_for("search_model_dropout")
         space = self._search_space(technique, v)
         return _Plan(spec=spec, technique=technique, setup=setup, outcome=out, est=est, fits=fits,
                      max_batch=max_b, accumulation=acc, lora=lora, reasons=reasons, search_space=space,
@@ -456,7 +465,40 @@ class _Advisor:
                     s[name] = list(v[key])
         if "search_layer_decay" in v:
             s["layer_decay"] = list(v["search_layer_decay"])
+        if "search_model_dropout" in v:
+            s["model_dropout"] = list(v["search_model_dropout"])
         return s
+
+    # -- the objective: loss weighting and the search's metric -------------------------------------
+    def objective(self, out: Outcome) -> tuple[str, str, list[dict]]:
+        """(class_weights, metric, reasons) from the setup rules, with the user's --class-weights
+        and --metric on top; a choice that does not suit the task is refused."""
+        q, reasons = self.q, []
+        multi = bool(q.multi_label)
+        weights = out.get("class_weights", "none")
+        if q.class_weights in ("balanced", "none"):
+            weights = q.class_weights
+            reasons.append(_reason("OVERRIDE", f"class weights {weights} (you set it)"))
+        else:
+            reasons += out.reason_for("class_weights") if weights == "balanced" else []
+        if weights == "balanced" and self.task != "classification":
+            raise AutoftError("--class-weights balanced is for classification", "drop it for generation")
+        metric = out.get("metric", "accuracy" if self.task == "classification" else "eval_loss")
+        if q.metric:
+            metric = q.metric
+            if metric == "loss" and self.task != "classification":
+                metric = "eval_loss"
+            reasons.append(_reason("OVERRIDE", f"search metric {q.metric} (you set it)"))
+        else:
+            reasons += out.reason_for("metric")
+        if self.task != "classification" and metric != "eval_loss":
+            raise AutoftError(f"--metric {q.metric} is for classification", "use --metric loss for generation")
+        if metric == "micro_f1" and not multi:
+            raise AutoftError("--metric micro_f1 is for multi-label data (single-label micro-F1 is accuracy)",
+                              "use accuracy or macro_f1")
+        if metric == "accuracy" and multi:
+            raise AutoftError("--metric accuracy is not defined for multi-label data", "use micro_f1 or macro_f1")
+        return weights, metric, reasons
 
     # -- technique choice for one model ---------------------------------------------------------------
     def best_for_model(self, spec: ModelSpec, facts: dict) -> tuple[list[_Plan], list[dict], dict]:
@@ -668,8 +710,10 @@ class _Advisor:
             for p, note in group:
                 if len(alts) < 3:
                     alts.append(self._short(p, note))
-        # an override that blocks the advisor's own choice: offer the unfixed plan as an alternative
-        return self._recommendation(best, reasons, alts)
+        weights, metric, why = self.objective(best.outcome)
+        rec = self._recommendation(best, reasons + why, alts)
+        rec.class_weights, rec.metric, rec.metric_higher_is_better = weights, metric, METRICS[metric]
+        return rec
 
     def _short(self, p: _Plan, note: str) -> dict:
         return {

@@ -65,8 +65,9 @@ def card_text(rec: dict, metrics: dict, data_name: str, command: str, label_name
     base = base_model_id(model)
     dataset = hub_id(data_name)
     test = metrics.get("test") or {}
+    multi = "micro_f1" in test          # multi-label classification
     if task == "classification":
-        metric_keys = [("accuracy", "accuracy"), ("macro_f1", "f1")]
+        metric_keys = [("micro_f1", "f1"), ("macro_f1", "f1")] if multi else [("accuracy", "accuracy"), ("macro_f1", "f1")]
     else:
         metric_keys = [("eval_loss", "loss"), ("perplexity", "perplexity")]
     evals = [EvalResult(task_type=pipeline_tag, dataset_type=dataset or "custom", dataset_name=data_name,
@@ -89,8 +90,12 @@ def card_text(rec: dict, metrics: dict, data_name: str, command: str, label_name
     for k, _ in metric_keys:
         if k in test:
             lines.append(f"| {k} | {_fmt(test.get(k))} | {_fmt(baseline.get(k))} |")
-    lines += ["", "Baseline: " + ("the majority class of the train split, predicted for every example."
+    lines += ["", "Baseline: " + ("each label's majority value in the train split, predicted for every example."
+                                   if multi else "the majority class of the train split, predicted for every example."
                                    if task == "classification" else "the base model before fine-tuning."), ""]
+    if multi:
+        lines += [f"Multi-label: apply a sigmoid to each logit; a label is on where it is at least "
+                  f"{_fmt(test.get('threshold'))} (tuned on validation; also in `labels.json`).", ""]
     lines += ["## Training", "",
               f"- technique: {technique}; learning rate {_fmt(cfg.get('learning_rate'))}, "
               f"weight decay {_fmt(cfg.get('weight_decay'))}"

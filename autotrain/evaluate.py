@@ -62,3 +62,72 @@ def perplexity(mean_token_loss: float) -> float:
         return math.exp(mean_token_loss)
     except OverflowError:
         return float("inf")
+
+
+# -- multi-label -------------------------------------------------------------------------------
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))   # 0.05 .. 0.95
+
+
+def multilabel_metrics(y_true: Sequence[Sequence[int]], y_pred: Sequence[Sequence[int]],
+                       labels: Sequence[str]) -> dict:
+    """0/1 indicator rows (one column per label). Returns {micro_f1, macro_f1, micro_precision,
+    micro_recall, subset_accuracy (every label of the row right), per_label {label: {precision,
+    recall, f1, support}}, labels, examples}. Macro-F1 averages the labels that occur in the truth
+    or the predictions (as single-label macro_f1 does)."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    y_true = [list(map(int, r)) for r in y_true]
+    y_pred = [list(map(int, r)) for r in y_pred]
+    if not y_true:
+        return {"micro_f1": None, "macro_f1": None, "per_label": {}, "labels": list(labels), "examples": 0}
+    k = len(labels)
+    present = [j for j in range(k) if any(r[j] for r in y_true) or any(r[j] for r in y_pred)]
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, average=None, labels=list(range(k)),
+                                                 zero_division=0)
+    mp, mr, mf, _ = precision_recall_fscore_support(y_true, y_pred, average="micro", zero_division=0)
+    return {
+        "micro_f1": float(mf), "micro_precision": float(mp), "micro_recall": float(mr),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
+        if present else 0.0,
+        "subset_accuracy": float(accuracy_score(y_true, y_pred)),
+        "per_label": {labels[j]: {"precision": float(p[j]), "recall": float(r[j]), "f1": float(f[j]),
+                                  "support": int(s[j])} for j in range(k)},
+        "labels": list(labels),
+        "examples": len(y_true),
+    }
+
+
+def apply_threshold(probs: Sequence[Sequence[float]], threshold: float) -> list[list[int]]:
+    return [[int(x >= threshold) for x in row] for row in probs]
+
+
+def tune_threshold(y_true: Sequence[Sequence[int]], probs: Sequence[Sequence[float]], metric: str = "micro_f1",
+                   grid: Sequence[float] = THRESHOLDS) -> tuple[float, float]:
+    """The one decision threshold on the sigmoid outputs that maximises `metric` on these rows
+    (validation), and that score. Ties go to the threshold nearest 0.5. One threshold for all
+    labels: per-label thresholds on a few hundred validation rows fit the noise of rare labels."""
+    best = None
+    for t in grid:
+        score = multilabel_metrics(y_true, apply_threshold(probs, t), [str(j) for j in range(len(y_true[0]))])[metric]
+        key = (score, -abs(t - 0.5))
+        if best is None or key > best[0]:
+            best = (key, t, score)
+    return best[1], best[2]
+
+
+def majority_labels(train_rows: Sequence[Sequence[int]]) -> list[int]:
+    """Each label's majority value over the train rows (1 only where more than half carry it)."""
+    n = len(train_rows)
+    if not n:
+        raise ValueError("no training rows")
+    return [int(2 * sum(col) > n) for col in zip(*train_rows)]
+
+
+def multilabel_baseline(train_rows: Sequence[Sequence[int]], y_true: Sequence[Sequence[int]],
+                        labels: Sequence[str]) -> dict:
+    """Predict each label's majority value in train for every row: the floor a model must beat."""
+    m = majority_labels(train_rows)
+    out = multilabel_metrics(y_true, [m] * len(y_true), labels)
+    out["loss"] = None
+    out["majority_labels"] = [labels[j] for j, v in enumerate(m) if v]
+    return out

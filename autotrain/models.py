@@ -91,15 +91,43 @@ def _has_classifier(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 
 
+# The config attributes that hold a dropout probability, by architecture family (BERT, RoBERTa,
+# DeBERTa, ELECTRA: *_dropout_prob; DistilBERT, BART, T5-ish: dropout / attention_dropout /
+# activation_dropout / dropout_rate; GPT-2: *_pdrop; Llama, Qwen2, Mistral, Gemma: attention_dropout;
+# some decoders: hidden_dropout, resid_dropout, embd_dropout). classifier_dropout is left alone:
+# None there means "use hidden_dropout_prob", which follows the knob.
+DROPOUT_ATTRS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                 "activation_dropout", "dropout_rate", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+                 "hidden_dropout", "resid_dropout", "embd_dropout", "embedding_dropout", "seq_classif_dropout",
+                 "mlp_dropout", "attention_probability_dropout", "hidden_dropout_rate")
+
+
+def dropout_overrides(config, p: float) -> dict:
+    """{attribute: p} for every dropout probability `config` has (a number, so flags and None
+    fields are not touched). Pure: reads attributes only, no torch."""
+    if not 0.0 <= float(p) < 1.0:
+        raise AutoftError(f"model_dropout must be in [0, 1), got {p}", "use e.g. 0.0, 0.1 or 0.2")
+    out = {}
+    for name in DROPOUT_ATTRS:
+        v = getattr(config, name, None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[name] = float(p)
+    return out
+
+
 def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: int | None = None,
                              label_names: list[str] | None = None, precision: str = "fp32",
-                             device: str = "cpu", trust_remote_code: bool = False, quantization=None):
+                             device: str = "cpu", trust_remote_code: bool = False, quantization=None,
+                             problem_type: str | None = None, model_dropout: float | None = None):
     """Load (model, tokenizer), unwrapped (techniques are applied by the caller).
 
     Weights: fp32 where the weights train (full/freeze: the fp32 master copy; bf16/fp16 run under
     autocast); a frozen adapter base (lora) is stored in `precision`; a quantized technique's base
     (qlora) is 4-bit NF4 (`quantization`, default `techniques.qlora.quantization_config(precision)`;
-    False loads it unquantized in `precision`, as a merge needs)."""
+    False loads it unquantized in `precision`, as a merge needs).
+    `problem_type` ("multi_label_classification": sigmoid outputs) goes into the config, so the
+    saved model says how to read its logits; `model_dropout` sets every dropout probability of
+    the config (see dropout_overrides)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -139,9 +167,13 @@ def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: i
             # a fine-tuned classifier with another label set: keep its body, train a new head
             # (without this, from_pretrained refuses the checkpoint over the head's shape)
             extra["ignore_mismatched_sizes"] = True
+        if problem_type:
+            extra["problem_type"] = problem_type
         cls = AutoModelForSequenceClassification
     else:
         extra, cls = {}, AutoModelForCausalLM
+    if model_dropout is not None:
+        extra.update(dropout_overrides(config, model_dropout))
     try:
         with _quiet_loading():
             model = cls.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", **extra, **kw)

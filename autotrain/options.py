@@ -26,7 +26,8 @@ from autoft.errors import AutoftError
 def _opt(default, help: str, *, metavar: str | None = None, kind: str = "str", group: str = "search",
          exclusive: str | None = None, short: str | None = None, factory=None):
     """A RunOptions field with its flag's metadata. kind: str, int, float+ (positive), duration,
-    flag (store_true), none (not a command-line flag)."""
+    flag (store_true), bool? (--x / --no-x, None when neither), names (one or more), none (not a
+    command-line flag)."""
     md = {"help": help, "metavar": metavar, "kind": kind, "group": group, "exclusive": exclusive, "short": short}
     if factory is not None:
         return field(default_factory=factory, metadata=md)
@@ -39,7 +40,14 @@ DATA_COLUMNS = {
     "label_column": "column with the label (classification; default: guessed)",
     "prompt_column": "column with the prompt/instruction (generation; default: guessed)",
     "response_column": "column with the response/output (generation; default: guessed)",
+    "text_pair_column": "second text of a sentence pair (classification; default: sentence2, hypothesis, "
+                        "... when the data has such a pair)",
+    "label_columns": "multi-label as several 0/1 columns: their names, comma-separated (default: found "
+                     "when the data has no label column)",
 }
+DATA_METAVARS = {"label_columns": "A,B,..."}
+ALLOW_EMPTY_HELP = ("multi-label: a row may have no label at all ('none of these'); default: yes for "
+                    "0/1 columns, no for label lists")
 
 # The demo: small enough for a few minutes on 2 CPU cores, search included.
 DEMO_DEFAULTS = {"search_trials": 6, "min_steps": 15, "max_steps": 120, "eval_every": 30,
@@ -59,6 +67,10 @@ class RunOptions:
     label_column: str | None = _opt(None, DATA_COLUMNS["label_column"], metavar="NAME", group="data")
     prompt_column: str | None = _opt(None, DATA_COLUMNS["prompt_column"], metavar="NAME", group="data")
     response_column: str | None = _opt(None, DATA_COLUMNS["response_column"], metavar="NAME", group="data")
+    text_pair_column: str | None = _opt(None, DATA_COLUMNS["text_pair_column"], metavar="NAME", group="data")
+    label_columns: str | None = _opt(None, DATA_COLUMNS["label_columns"], metavar=DATA_METAVARS["label_columns"],
+                                     group="data")
+    allow_empty_labels: bool | None = _opt(None, ALLOW_EMPTY_HELP, kind="bool?", group="data")
     search_trials: int | None = _opt(None, f"configurations the successive-halving search starts with "
                                      f"(default {DEFAULT_SEARCH_TRIALS}; demo {DEMO_DEFAULTS['search_trials']})",
                                      metavar="N", kind="int")
@@ -85,6 +97,10 @@ class RunOptions:
     overwrite: bool = _opt(False, "replace autoft's files in a non-empty --output", kind="flag", group="output")
     merge: bool = _opt(False, "save LoRA/QLoRA as merged full weights, not an adapter", kind="flag", group="output")
     yes: bool = _opt(False, "do not ask before training", kind="flag", group="output", short="-y")
+    report_to: list[str] | None = _opt(None, "experiment tracking, one run per search trial plus the final run: "
+                                       "tensorboard (default when installed), mlflow, wandb, trackio (several "
+                                       "allowed) or none; all local, under --output (W&B offline)",
+                                       metavar="NAME", kind="names", group="output")
     # not flags: a recommendation to use as is (tests, benchmarks), and the device ("auto": CUDA
     # when there is one; the advisor's --gpu decides what is planned for)
     recommendation: dict | None = _opt(None, "a recommendation to use as is", kind="none")
@@ -103,6 +119,10 @@ class RunOptions:
         if unknown:
             raise AutoftError(f"unknown question field(s) {', '.join(unknown)}")
         Question(**(self.question or {}))  # bad overrides fail here, before anything is written
+        if self.report_to is not None:
+            from autoft.autotrain.tracking import check_names
+
+            self.report_to = check_names(self.report_to)
         if self.resume and self.output and Path(self.output).resolve() != Path(self.resume).resolve():
             raise AutoftError("--output and --resume name different folders", "pass only --resume DIR")
 
@@ -111,7 +131,10 @@ class RunOptions:
 
     def data_columns(self) -> dict:
         """load_data keyword arguments for the column options that were given."""
-        return {n: getattr(self, n) for n in DATA_COLUMNS if getattr(self, n)}
+        out = {n: getattr(self, n) for n in DATA_COLUMNS if getattr(self, n)}
+        if self.allow_empty_labels is not None:
+            out["allow_empty_labels"] = self.allow_empty_labels
+        return out
 
     @classmethod
     def flag_fields(cls) -> list[dataclasses.Field]:
@@ -162,6 +185,10 @@ def to_argv(opts: RunOptions, *, always: tuple[str, ...] = ()) -> list[str]:
         if f.metadata["kind"] == "flag":
             if v:
                 args.append(flag_of(name))
+        elif f.metadata["kind"] == "bool?":
+            args.append(flag_of(name) if v else "--no-" + flag_of(name)[2:])
+        elif isinstance(v, (list, tuple)):
+            args += [flag_of(name), *map(str, v)]
         else:
             args += [flag_of(name), str(v)]
     return args

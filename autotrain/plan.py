@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from autoft.advisor.recommend import Recommendation
+from autoft.autotrain.imbalance import class_weights
 from autoft.autotrain.options import DEFAULT_EPOCHS, DEFAULT_SEARCH_TRIALS, RunOptions
 from autoft.autotrain.schedule import (DEFAULT_HPARAMS, MIN_DECAY_FRACTION, for_technique, parse_dim,
                                        search_step_cap, warmup_steps)
@@ -37,6 +38,7 @@ class TrialSpec:
     max_eval_examples: int | None = None  # cap on validation examples per evaluation
     seed: int = 0
     trust_remote_code: bool = False
+    class_weights: tuple[float, ...] | None = None  # classification loss weights (autotrain/imbalance.py)
 
     @property
     def effective_batch(self) -> int:
@@ -134,10 +136,13 @@ def make_plan(rec: Recommendation, opts: RunOptions, bundle, *, task: str, devic
                       optimizer=rec.optimizer, gradient_checkpointing=bool(rec.gradient_checkpointing),
                       max_eval_examples=opts.max_eval_examples, seed=opts.seed,
                       trust_remote_code=bool(opts.question.get("trust_remote_code")))
+    if task == "classification" and rec.class_weights == "balanced":   # the advisor's WEIGHT-* rules
+        trial = replace(trial, class_weights=tuple(class_weights(bundle, "balanced")))
     n_train = len(bundle.splits["train"])
     steps_per_epoch = max(1, math.ceil(n_train / trial.effective_batch))
     final_steps = int(opts.max_steps or math.ceil((opts.epochs or DEFAULT_EPOCHS) * steps_per_epoch))
-    metric, higher = selection_metric([r.get("label") for r in bundle.splits["train"]], task)
+    metric, higher = (rec.metric, rec.metric_higher_is_better) if rec.metric else \
+        selection_metric([r.get("label") for r in bundle.splits["train"]], task)  # (a recommendation saved before)
     n_trials = 1 if opts.no_search else (opts.search_trials or DEFAULT_SEARCH_TRIALS)
     min_steps = opts.min_steps or max(1, min(100, final_steps // opts.eta))
     step_cap = search_step_cap(final_steps)  # no rung so long that the final run has no room to decay

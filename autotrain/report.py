@@ -115,7 +115,7 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
     lines.append("")
     lines += ["## Test results", "", "| metric | fine-tuned | baseline |", "|---|---:|---:|"]
     test, base = metrics.get("test") or {}, metrics.get("baseline") or {}
-    for k in ("accuracy", "macro_f1", "loss", "eval_loss", "perplexity"):
+    for k in ("accuracy", "micro_f1", "macro_f1", "subset_accuracy", "loss", "eval_loss", "perplexity"):
         if isinstance(test.get(k), (int, float)):
             lines.append(f"| {k} | {_fmt(test.get(k))} | {_fmt(base.get(k))} |")
     lines.append("")
@@ -150,9 +150,14 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
         lines += [f"Stopped early; best validation at step {metrics.get('best_step')} (those weights were kept).", ""]
     if p_final:
         lines += [f"![final](plots/{p_final.name})", ""]
-    per_class = test.get("per_class")
+    per_class = test.get("per_class") or test.get("per_label")   # per_label: multi-label
     if isinstance(per_class, dict) and per_class:
-        lines += ["### Per class (test)", "", "| class | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
+        what = "label" if "per_label" in test else "class"
+        if isinstance(test.get("threshold"), (int, float)):
+            lines += [f"Multi-label: a label is predicted where its sigmoid output is at least "
+                      f"{_fmt(test['threshold'])} (tuned on validation).", ""]
+        lines += [f"### Per {what} (test)", "", f"| {what} | precision | recall | f1 | support |",
+                  "|---|---:|---:|---:|---:|"]
         for name, m in per_class.items():
             lines.append(f"| {name} | {_fmt(m.get('precision'))} | {_fmt(m.get('recall'))} | {_fmt(m.get('f1'))} | "
                          f"{m.get('support', '-')} |")

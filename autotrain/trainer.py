@@ -36,7 +36,8 @@ __all__ = ["Trial", "TrialDiverged", "resolve_device"]
 
 # The hparams keys a Trial understands (a technique ignores those that do not apply to it).
 HPARAM_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "warmup_steps", "lora_r",
-               "lora_alpha", "lora_dropout", "freeze_layers", "layer_decay")
+               "lora_alpha", "lora_dropout", "freeze_layers", "layer_decay", "model_dropout")
+MULTI_LABEL = "multi_label_classification"
 LR_SCHEDULES = ("constant", "linear", "cosine")
 CHECKPOINT_FORMAT = 1
 
@@ -53,8 +54,9 @@ class Trial:
         technique: "full", "freeze", "lora" or "qlora" (see `autoft.autotrain.techniques`).
         hparams: learning_rate (default 2e-5 full, 1e-4 freeze, 2e-4 lora/qlora), weight_decay
             (0.0), warmup_steps / warmup_ratio (ratio needs total_steps), lora_r, lora_alpha,
-            lora_dropout, freeze_layers (bottom layers kept frozen), layer_decay (freeze, 0.8-1.0).
-            Keys that do not apply to the technique are ignored; unknown keys are an error.
+            lora_dropout, freeze_layers (bottom layers kept frozen), layer_decay (freeze, 0.8-1.0),
+            model_dropout (every dropout probability of the model's config, 0-1; default: the
+            model's own). Keys that do not apply to the technique are ignored; unknown keys are an error.
         batch_size: micro-batch size; grad_accum: micro-batches per optimizer step.
         seq_len: truncation length in tokens.
         precision: "fp32" (the only choice on CPU), "bf16" or "fp16" (CUDA autocast; fp16 uses a
@@ -73,12 +75,25 @@ class Trial:
         trust_remote_code: passed to transformers (off by default).
         max_eval_examples: cap on examples per evaluate() call (None: the whole split).
         optimizer: "adamw" (torch, fused on CUDA), "adamw-8bit" or "paged-adamw-8bit" (bnb).
-        packing: generation only: pack examples into seq_len blocks instead of length grouping.
+        packing: generation only: pack whole examples into blocks of up to seq_len tokens
+            instead of length grouping. Examples never attend to each other: per-example
+            position ids (transformers' packed-sequence mask), else a 4D block-diagonal mask, else
+            packing is turned off; which one was checked on this model is in `packing_mode` and
+            `notes` (see `_choose_packing`).
         log_every: read the loss back (one device sync) every this many optimizer steps.
+        class_weights: classification: one weight per class (weighted cross-entropy), or for
+            multi-label one pos_weight per label (binary cross-entropy); None: unweighted. See
+            `autoft.autotrain.imbalance.class_weights`. Validation loss is weighted the same way.
+        problem_type: "single_label_classification" or "multi_label_classification" (sigmoid
+            outputs, binary cross-entropy, a decision threshold tuned on validation); None:
+            multi-label when `bundle.multi_label`.
 
     Attributes: `model`, `tokenizer`, `steps_done` (optimizer steps so far), `samples_seen`,
     `tokens_seen` (non-pad tokens), `batch_size`, `grad_accum`, `history` (the logged step
-    dicts, kept across checkpoints), `args` (constructor arguments, saved in trial.json).
+    dicts, kept across checkpoints), `args` (constructor arguments, saved in trial.json),
+    `multi_label`, `threshold` (multi-label decision threshold, tuned by evaluate("validation")),
+    `packing_mode` ("position_ids", "block_mask", "off" or None), `notes` (what was decided, for
+    the run's log).
     """
 
     def __init__(self, model_source: str | os.PathLike, bundle: Any, *, task: str, technique: str,
@@ -88,12 +103,16 @@ class Trial:
                  total_steps: int | None = None, warmup_steps: int = 0, decay_start: int | None = None,
                  label_names: list[str] | None = None, trust_remote_code: bool = False,
                  max_eval_examples: int | None = None, optimizer: str = "adamw",
-                 packing: bool = False, log_every: int = 10):
+                 packing: bool = False, log_every: int = 10, class_weights: list[float] | None = None,
+                 problem_type: str | None = None):
         from autoft.autotrain import tasks
         from autoft.autotrain.models import load_model_and_tokenizer
         from autoft.autotrain.techniques import get_technique, make_config
 
         hparams = dict(hparams or {})
+        if problem_type is None and task == "classification":
+            problem_type = MULTI_LABEL if getattr(bundle, "multi_label", False) else "single_label_classification"
+        class_weights = [float(w) for w in class_weights] if class_weights is not None else None
         # Everything needed to rebuild this Trial from a checkpoint (no data, no objects).
         self.args = dict(model_source=str(model_source), task=task, technique=technique,
                          hparams=hparams, batch_size=batch_size, grad_accum=grad_accum,
@@ -102,7 +121,8 @@ class Trial:
                          lr_schedule=lr_schedule, total_steps=total_steps,
                          warmup_steps=warmup_steps, decay_start=decay_start, label_names=label_names,
                          trust_remote_code=trust_remote_code, max_eval_examples=max_eval_examples,
-                         optimizer=optimizer, packing=packing, log_every=log_every)
+                         optimizer=optimizer, packing=packing, log_every=log_every,
+                         class_weights=class_weights, problem_type=problem_type)
         _check_args(hparams, task, lr_schedule, total_steps, batch_size, grad_accum, seq_len, precision,
                     device, optimizer)  # one-line errors, before any model is loaded
         self.device = torch.device(device)
@@ -125,12 +145,21 @@ class Trial:
         self.label_names = list(label_names or getattr(bundle, "label_names", None) or []) if task == "classification" else []
         if task == "classification" and len(self.label_names) < 2:
             raise AutoftError("classification needs at least 2 label names", "check the data's label column")
+        self.multi_label = problem_type == MULTI_LABEL
+        self.threshold = 0.5
+        self.notes: list[str] = []
+        self.packing_mode: str | None = None
+        self._weights = self._check_weights(class_weights, task)
 
         # -- model: load, apply the technique (seeded: new head and LoRA weights) --
         torch.manual_seed(seed)  # (autoft's own randomness - data order - uses private RNGs)
         model, self.tokenizer = load_model_and_tokenizer(
             model_source, task, technique, label_names=self.label_names or None,
-            precision=precision, device=str(self.device), trust_remote_code=trust_remote_code)
+            precision=precision, device=str(self.device), trust_remote_code=trust_remote_code,
+            problem_type=problem_type if task == "classification" else None,
+            model_dropout=hparams.get("model_dropout"))
+        # segment ids only for models that have segment embeddings (BERT-style pairs)
+        self._token_types = int(getattr(model.config, "type_vocab_size", 0) or 0) >= 2
         model.config.use_cache = False  # no KV cache while training (generate() turns it on)
         model = self.info.module.apply(model, self.tech_config, task, gradient_checkpointing)
         self.model = model
@@ -155,9 +184,9 @@ class Trial:
         self._encoded: dict[str, list[dict]] = {}
         train = self._encode("train")
         if task == "generation" and packing:
-            train = self._encoded["train"] = tasks.pack(train, seq_len, seed)
+            train = self._encoded["train"] = self._choose_packing(train)
         self.stream = tasks.ExampleStream([len(e["input_ids"]) for e in train], seed,
-                                          group_by_length=not packing)
+                                          group_by_length=self.packing_mode in (None, "off"))
         self.steps_done, self.samples_seen, self.tokens_seen = 0, 0, 0
         self.history: list[dict] = []
         self.merged = False
@@ -174,7 +203,8 @@ class Trial:
                   grad_accum=spec.grad_accum, seq_len=spec.seq_len, precision=spec.precision,
                   gradient_checkpointing=spec.gradient_checkpointing, device=spec.device, seed=spec.seed,
                   optimizer=spec.optimizer, max_eval_examples=spec.max_eval_examples,
-                  trust_remote_code=spec.trust_remote_code)
+                  trust_remote_code=spec.trust_remote_code,
+                  class_weights=list(spec.class_weights) if getattr(spec, "class_weights", None) else None)
         kw.update(schedule)
         return cls(spec.model, bundle, hparams=hparams, **kw)
 
@@ -218,7 +248,114 @@ class Trial:
 
     def _to_device(self, batch: dict) -> dict:
         nb = self.device.type == "cuda"
-        return {k: batch[k].to(self.device, non_blocking=nb) for k in ("input_ids", "attention_mask", "labels")}
+        keys = ["input_ids", "attention_mask", "labels"]
+        if self._token_types and "token_type_ids" in batch:
+            keys.append("token_type_ids")
+        if "position_ids" in batch:           # packed blocks (see _choose_packing)
+            keys.append("position_ids")
+            keys.remove("attention_mask")     # None: transformers reads the blocks from position ids
+        out = {k: batch[k].to(self.device, non_blocking=nb) for k in keys}
+        if "position_ids" in out and self.packing_mode == "block_mask":
+            out["attention_mask"] = self._block_mask(out["position_ids"])
+        return out
+
+    # -- class weights, multi-label loss -----------------------------------------------------------
+    def _check_weights(self, weights: list[float] | None, task: str):
+        if weights is None:
+            return None
+        if task != "classification":
+            raise AutoftError("class weights are for classification", "drop class_weights for generation")
+        if len(weights) != len(self.label_names):
+            raise AutoftError(f"{len(weights)} class weights for {len(self.label_names)} labels",
+                              "give one weight per label, in label_names order")
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+            raise AutoftError("class weights must be finite, non-negative and not all zero")
+        return torch.tensor(weights, dtype=torch.float32, device=self.device)
+
+    def _classification_loss(self, logits, labels):
+        """(summed loss, summed weight) of a batch, fp32; their ratio is the mean loss. Weighted
+        cross-entropy divides by the summed weights of the targets (torch's weighted mean);
+        multi-label is binary cross-entropy averaged over labels, pos_weight = class_weights."""
+        F = torch.nn.functional
+        logits = logits.float()
+        if self.multi_label:
+            per = F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=self._weights,
+                                                     reduction="none").mean(-1)
+            return per.sum(), logits.new_tensor(float(per.numel()))
+        per = F.cross_entropy(logits, labels, weight=self._weights, reduction="none")
+        den = self._weights[labels].sum() if self._weights is not None else logits.new_tensor(float(labels.numel()))
+        return per.sum(), den
+
+    def _loss(self, b: dict):
+        """The mean training loss of one micro-batch (on the device)."""
+        if self.task != "classification" or (self._weights is None and not self.multi_label):
+            return self.model(**b).loss
+        labels = b.pop("labels")
+        total, weight = self._classification_loss(self.model(**b).logits, labels)
+        return total / weight
+
+    # -- packing ------------------------------------------------------------------------------------
+    def _choose_packing(self, examples: list[dict]) -> list[dict]:
+        """Pack the training examples and check, on this model, that a packed example gives the
+        logits it gives alone: first with per-example position ids and no attention mask
+        (transformers >= 4.53 turns restarting position ids into a block-diagonal causal mask for
+        sdpa and eager attention, flash-attention 2 reads them directly), then with a 4D
+        block-diagonal mask built here; if neither holds, packing is off (length grouping)."""
+        from autoft.autotrain import tasks
+
+        impl = getattr(self.model.config, "_attn_implementation", "?")
+        for mode in ("position_ids", "block_mask"):
+            self.packing_mode = mode
+            if self._packing_keeps_examples_apart(examples):
+                how = ("per-example position ids (transformers' packed-sequence mask)" if mode == "position_ids"
+                       else "a block-diagonal 4D attention mask")
+                self.notes.append(f"packing: examples kept apart by {how}, {impl} attention")
+                return tasks.pack(examples, self.seq_len, self.seed)
+        self.packing_mode = "off"
+        self.notes.append(f"packing off: this model ({impl} attention) let packed examples attend to each "
+                          "other with both position ids and a 4D mask; length-grouped batches instead")
+        return examples
+
+    @torch.no_grad()
+    def _packing_keeps_examples_apart(self, examples: list[dict]) -> bool:
+        """Two training examples (8 tokens each at most) packed into one block: does the second
+        one's logits equal its logits alone? Differences from crossing attention are of the order
+        of the logits; numerical ones (fp32) of 1e-5."""
+        from autoft.autotrain.tasks import collate
+
+        usable = [e for e in examples if len(e["input_ids"]) >= 2][:2]
+        if len(usable) < 2:
+            return True            # nothing to pack together
+        a, b = (e["input_ids"][:8] for e in usable)
+        block = {"input_ids": a + b, "labels": [-100] * (len(a) + len(b)),
+                 "position_ids": list(range(len(a))) + list(range(len(b)))}
+        pad = self.tokenizer.pad_token_id
+        model = self.model
+        model.eval()
+        try:
+            with self._autocast():
+                packed = model(**{k: v for k, v in self._to_device(collate([block], pad, "generation")).items()
+                                  if k != "labels"}).logits[0, len(a):].float()
+                alone = model(input_ids=torch.tensor([b], device=self.device)).logits[0].float()
+        except Exception:          # noqa: BLE001  (an architecture that refuses the inputs)
+            return False
+        finally:
+            model.train()
+        tol = (1e-3 if self.autocast_dtype is None else 3e-2) * max(1.0, alone.abs().max().item())
+        return bool((packed - alone).abs().max().item() <= tol)
+
+    def _block_mask(self, position_ids):
+        """(batch, 1, L, L) causal mask that only lets a token see earlier tokens of its own
+        example: bool for sdpa (True = attend), additive float (0 / min) for eager attention."""
+        seg = (torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1).cumsum(-1)
+        L = position_ids.shape[-1]
+        causal = torch.ones(L, L, dtype=torch.bool, device=position_ids.device).tril()
+        allowed = (seg[:, :, None] == seg[:, None, :]) & causal
+        if getattr(self.model.config, "_attn_implementation", None) == "sdpa":
+            return allowed[:, None]
+        dtype = self.autocast_dtype or torch.float32
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)[:, None]
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -309,7 +446,7 @@ class Trial:
                     step_samples += len(idx)
                     step_tokens += batch["num_tokens"]
                     with self._autocast():
-                        loss = model(**self._to_device(batch)).loss
+                        loss = self._loss(self._to_device(batch))
                     scaled = loss / self.grad_accum
                     (scaler.scale(scaled) if scaler else scaled).backward()
                     step_loss += loss.detach().float()
@@ -390,7 +527,11 @@ class Trial:
     def evaluate(self, split: str = "validation", max_examples: int | None = None) -> dict:
         """Metrics on a split (no gradients, model back to train mode afterwards).
         Classification: {loss, accuracy, macro_f1, per_class {label: {precision, recall, f1,
-        support}}, confusion_matrix (rows true, cols predicted), labels, examples}.
+        support}}, confusion_matrix (rows true, cols predicted), labels, examples}; with class
+        weights the loss is weighted as in training.
+        Multi-label: {loss, micro_f1, macro_f1, micro_precision, micro_recall, subset_accuracy,
+        per_label {...}, threshold, labels, examples}: on "validation" the decision threshold is
+        tuned first (the one that maximises micro-F1) and kept for later splits (test).
         Generation: {eval_loss, perplexity, tokens, examples}.
         Out of memory: the training back-off (evaluation batches follow the micro-batch)."""
         while True:
@@ -408,22 +549,29 @@ class Trial:
         try:
             if self.task == "classification":
                 loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-                preds, trues, n = [], [], 0
+                w_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+                outs, trues, n = [], [], 0
                 for _, batch in self._eval_batches(split, max_examples):
                     b = self._to_device(batch)
+                    labels = b.pop("labels")
                     with self._autocast():
-                        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                        logits = model(**b).logits
                     logits = logits.float()
-                    loss_sum += torch.nn.functional.cross_entropy(logits, b["labels"], reduction="sum")
-                    preds.append(logits.argmax(-1))
+                    total, weight = self._classification_loss(logits, labels)
+                    loss_sum += total
+                    w_sum += weight
+                    outs.append(torch.sigmoid(logits) if self.multi_label else logits.argmax(-1))
                     trues.append(batch["labels"])
                     n += len(batch["labels"])
                 if n == 0:
                     raise AutoftError(f"the {split} split is empty", "give it some examples")
-                y_pred = torch.cat(preds).cpu().tolist()
+                y_out = torch.cat(outs).cpu().tolist()
                 y_true = torch.cat(trues).tolist()
-                out = ev.classification_metrics(y_true, y_pred, self.label_names)
-                out["loss"] = (loss_sum / n).item()
+                if self.multi_label:
+                    out = self._multilabel_scores(split, y_true, y_out)
+                else:
+                    out = ev.classification_metrics(y_true, y_out, self.label_names)
+                out["loss"] = (loss_sum / w_sum).item()
                 return out
             loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
             n_tok, n = 0, 0
@@ -446,6 +594,17 @@ class Trial:
         finally:
             model.train()
 
+    def _multilabel_scores(self, split: str, y_true: list, probs: list) -> dict:
+        """Multi-label metrics at the decision threshold, tuned here first on validation."""
+        from autoft.autotrain import evaluate as ev
+
+        y_true = [[int(round(x)) for x in row] for row in y_true]
+        if split == "validation":
+            self.threshold, _ = ev.tune_threshold(y_true, probs)
+        out = ev.multilabel_metrics(y_true, ev.apply_threshold(probs, self.threshold), self.label_names)
+        out["threshold"] = self.threshold
+        return out
+
     def baseline_eval(self, split: str = "test") -> dict:
         """What not fine-tuning gives. Classification: the majority class of the train split
         predicted for every example of `split` (same keys as evaluate(), loss None).
@@ -453,6 +612,11 @@ class Trial:
         (raises if steps_done > 0)."""
         from autoft.autotrain import evaluate as ev
 
+        if self.multi_label:       # each label's majority value in train, for every row
+            enc = self._encode(split)[:self.max_eval_examples] if self.max_eval_examples is not None \
+                else self._encode(split)
+            train = [[int(x) for x in e["label"]] for e in self._encode("train")]
+            return ev.multilabel_baseline(train, [[int(x) for x in e["label"]] for e in enc], self.label_names)
         if self.task == "classification":
             index = {n: i for i, n in enumerate(self.label_names)}
             train_labels = [index[str(r["label"])] for r in self.bundle.splits["train"]]
@@ -510,7 +674,7 @@ class Trial:
         torch.save(state, path / "training_state.pt")
         meta = {"format": CHECKPOINT_FORMAT, "args": self.args, "steps_done": self.steps_done,
                 "stream_position": self.stream.position, "samples_seen": self.samples_seen,
-                "tokens_seen": self.tokens_seen, "history": self.history}
+                "tokens_seen": self.tokens_seen, "history": self.history, "threshold": self.threshold}
         # Written last: a checkpoint without trial.json is incomplete (a kill mid-save).
         tmp = path / (TRIAL_META + ".tmp")
         tmp.write_text(json.dumps(meta, indent=1))
@@ -545,6 +709,7 @@ class Trial:
         self.stream.position = meta["stream_position"]
         self.samples_seen, self.tokens_seen = meta["samples_seen"], meta["tokens_seen"]
         self.history = list(meta["history"])
+        self.threshold = float(meta.get("threshold", 0.5))
 
     @classmethod
     def load_checkpoint(cls, path: str | os.PathLike, bundle: Any, **overrides) -> "Trial":
@@ -573,6 +738,9 @@ class Trial:
             if self.info.merge_in_place:
                 self.model, self.merged = model, True
             model.save_pretrained(out, safe_serialization=True)
+            if self.multi_label:
+                (out / "labels.json").write_text(json.dumps(
+                    {"id2label": dict(enumerate(self.label_names)), **self._label_reading()}, indent=1))
         elif self.info.peft:
             if self.args["model_source"].lower().endswith(".gguf"):  # name the file, not its folder
                 for cfg in model.peft_config.values():
@@ -581,11 +749,17 @@ class Trial:
             if self.task == "classification":  # the adapter has no config.json: keep the mapping
                 (out / "labels.json").write_text(json.dumps(
                     {"id2label": dict(enumerate(self.label_names)),
-                     "label2id": {n: i for i, n in enumerate(self.label_names)}}, indent=1))
+                     "label2id": {n: i for i, n in enumerate(self.label_names)}, **self._label_reading()}, indent=1))
         else:
             model.save_pretrained(out, safe_serialization=True)
+            if self.multi_label:   # how to read the sigmoid outputs
+                (out / "labels.json").write_text(json.dumps(
+                    {"id2label": dict(enumerate(self.label_names)), **self._label_reading()}, indent=1))
         self.tokenizer.save_pretrained(out)
         return out
+
+    def _label_reading(self) -> dict:
+        return {"problem_type": MULTI_LABEL, "threshold": self.threshold} if self.multi_label else {}
 
     def _load_base(self):
         """The base model again, unquantized in the compute dtype (what a merge goes into)."""
@@ -594,7 +768,9 @@ class Trial:
         base, _ = load_model_and_tokenizer(self.args["model_source"], self.task, self.technique,
                                            label_names=self.label_names or None, precision=self.precision,
                                            device=str(self.device), quantization=False,
-                                           trust_remote_code=self.args["trust_remote_code"])
+                                           trust_remote_code=self.args["trust_remote_code"],
+                                           problem_type=self.args.get("problem_type") if self.task == "classification"
+                                           else None)
         return base
 
     def close(self) -> None:

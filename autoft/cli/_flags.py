@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from autoft.advisor.question import Question, fill_unset
-from autoft.autotrain.options import DATA_COLUMNS
+from autoft.autotrain.options import ALLOW_EMPTY_HELP, DATA_COLUMNS, DATA_METAVARS
 
 
 def _int(text: str) -> int:
@@ -52,10 +52,15 @@ def question_from_args(args: argparse.Namespace, facts: dict | None = None) -> Q
 
 def add_data_flags(group) -> None:
     for name, help_ in DATA_COLUMNS.items():
-        group.add_argument("--" + name.replace("_", "-"), dest=name, metavar="NAME", help=help_)
+        group.add_argument("--" + name.replace("_", "-"), dest=name, metavar=DATA_METAVARS.get(name, "NAME"), help=help_)
+    group.add_argument("--allow-empty-labels", dest="allow_empty_labels", action=argparse.BooleanOptionalAction,
+                       default=None, help=ALLOW_EMPTY_HELP)
 
 
 def data_column_kwargs(obj) -> dict:
     """load_data keyword arguments for the column flags that were given (`autoft advise`; `autoft
     run` has RunOptions.data_columns)."""
-    return {n: getattr(obj, n) for n in DATA_COLUMNS if getattr(obj, n, None)}
+    out = {n: getattr(obj, n) for n in DATA_COLUMNS if getattr(obj, n, None)}
+    if getattr(obj, "allow_empty_labels", None) is not None:
+        out["allow_empty_labels"] = obj.allow_empty_labels
+    return out

@@ -189,13 +189,16 @@ def render(rec) -> str:
         lo = d["lora"]
         tm = lo["target_modules"] if isinstance(lo["target_modules"], str) else ",".join(lo["target_modules"])
         out.append(f"  LoRA           r {lo['r']}, alpha {lo['alpha']}, dropout {lo['dropout']}, targets {tm}")
+    if d.get("metric"):
+        weights = "class-weighted loss (balanced)" if d.get("class_weights") == "balanced" else "unweighted loss"
+        out.append(f"  objective      {weights}; the search ranks by validation {d['metric']}")
     ss = d.get("search_space") or {}
     if ss:
         parts = []
         for k, v in ss.items():
             if k == "learning_rate":
                 parts.append(f"lr {v[0]:.0e}..{v[1]:.0e}")
-            elif len(v) == 2 and k not in ("lora_rank", "lora_dropout"):
+            elif len(v) == 2 and k not in ("lora_rank", "lora_dropout", "model_dropout"):
                 parts.append(f"{k.replace('_', ' ')} {v[0]:g}..{v[1]:g}")
             else:
                 parts.append(f"{k.replace('_', ' ')} {{{', '.join(f'{x:g}' for x in v)}}}")

@@ -23,6 +23,8 @@ EXAMPLES = """\
   autoft run --data alpaca.jsonl --task generation --gpu auto --max-steps 2000 --merge
   autoft run --data train.csv --no-search --epochs 2 --seed 1 --json > summary.json
   autoft run --resume out/                       # continue a killed run; finished trials are not re-run
+  autoft run --data mrpc/ --class-weights balanced --metric macro_f1 --report-to tensorboard mlflow
+  autoft run --data go_emotions/ --output emo/   # multi-label (a label column holding lists)
 """
 GROUPS = {"data": "data", "search": "search and training", "output": "output"}
 
@@ -48,7 +50,16 @@ def _float_pos(text: str) -> float:
     return v
 
 
-TYPES = {"int": _int, "float+": _float_pos, "duration": _duration, "str": str}
+def _tracker(text: str) -> str:
+    from autoft.autotrain.tracking import TRACKERS
+
+    for name in text.replace(",", " ").split():
+        if name.lower() not in (*TRACKERS, "none"):
+            raise argparse.ArgumentTypeError(f"unknown tracker {name!r}; use {', '.join([*TRACKERS, 'none'])}")
+    return text.lower()
+
+
+TYPES = {"int": _int, "float+": _float_pos, "duration": _duration, "str": str, "names": _tracker}
 
 
 def add_run_flags(parser: argparse.ArgumentParser, after_data=None) -> dict[str, argparse._ArgumentGroup]:
@@ -69,6 +80,12 @@ def add_run_flags(parser: argparse.ArgumentParser, after_data=None) -> dict[str,
         flags = [flag_of(f.name)] + ([md["short"]] if md.get("short") else [])
         if md["kind"] == "flag":
             target.add_argument(*flags, dest=f.name, action="store_true", default=None, help=md["help"])
+        elif md["kind"] == "bool?":  # --x / --no-x, None when neither is given
+            target.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=md["help"])
+        elif md["kind"] == "names":  # one or more names, each may be comma-separated
+            target.add_argument(*flags, dest=f.name, nargs="+", type=TYPES["names"], metavar=md["metavar"],
+                                default=None, help=md["help"])
         else:
             target.add_argument(*flags, dest=f.name, type=TYPES[md["kind"]], metavar=md["metavar"],
                                 default=None, help=md["help"])

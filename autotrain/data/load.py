@@ -25,6 +25,7 @@ class DataBundle:
     notes: list[str] = field(default_factory=list)      # what was done (splits cut, rows dropped)
     format: str = ""
     warnings: list[str] = field(default_factory=list)   # rows dropped etc.; the profile repeats them
+    multi_label: bool = False                   # records carry "labels": [names] (data/multilabel.py)
 
     @property
     def num_labels(self) -> int | None:
@@ -45,10 +46,17 @@ def load_data(source, *, task: str | None = None, text_column: str | None = None
               label_column: str | None = None, prompt_column: str | None = None,
               response_column: str | None = None, split_seed: int = 42,
               validation_fraction: float = 0.1, test_fraction: float = 0.1,
-              max_empty_fraction: float = 0.05) -> DataBundle:
+              max_empty_fraction: float = 0.05, text_pair_column: str | None = None,
+              label_columns: list[str] | str | None = None,
+              allow_empty_labels: bool | None = None) -> DataBundle:
     """Read `source` (file, folder, save_to_disk folder or Hub id), infer the task, normalise the
     records, cut missing validation/test splits (stratified for classification, seed `split_seed`)
-    and check it all. Raises `DataError` with a one-line what-and-fix on bad input."""
+    and check it all. Raises `DataError` with a one-line what-and-fix on bad input.
+
+    Sentence pairs: a pair of PAIR_NAMES columns (sentence1/sentence2, premise/hypothesis, ...)
+    or `text_pair_column`. Multi-label: a label column holding lists, or several 0/1 columns
+    (`label_columns`, or found when there is no label column); `allow_empty_labels` says whether
+    a row may have no label (default: yes for 0/1 columns, no for lists). See data/multilabel.py."""
     for name, v in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
         if not 0 < v < 0.5:
             raise DataError(f"{name} must be between 0 and 0.5, got {v}", "use e.g. 0.1")
@@ -61,17 +69,26 @@ def load_data(source, *, task: str | None = None, text_column: str | None = None
         if sep:
             raise DataError(f"{source} has a single column {columns[0]!r}: it looks separated by "
                             f"{sep!r}, not commas", "save it comma-separated (.csv) or tab-separated (.tsv)")
-    mapping = infer_mapping(columns, task=task, text_column=text_column, label_column=label_column,
-                            prompt_column=prompt_column, response_column=response_column)
+    from autoft.autotrain.data import multilabel
+
+    mapping = multilabel.columns_mapping(
+        columns, raw.splits["train"], task=task, text_column=text_column, text_pair_column=text_pair_column,
+        label_column=label_column, label_columns=label_columns) or infer_mapping(
+        columns, task=task, text_column=text_column, label_column=label_column, prompt_column=prompt_column,
+        response_column=response_column, text_pair_column=text_pair_column)
     for split, table in raw.splits.items():
         for role in ("input", "system"):            # optional columns may be absent from a split
             col = mapping.columns.get(role)
             if col and col not in table:
                 table[col] = [None] * len(next(iter(table.values()), []))
-        missing = [c for c in mapping.columns.values() if c not in table]
+        missing = [c for c in (*mapping.columns.values(), *mapping.label_columns) if c not in table]
         if missing:
             raise DataError(f"the {split} split has no column {missing[0]!r}; its columns are: "
                             f"{', '.join(table)}", "give every split file the same header")
+    if multilabel.is_multilabel(mapping, raw):
+        return multilabel.load(raw, multilabel.as_multilabel(mapping), source=source, split_seed=split_seed,
+                               validation_fraction=validation_fraction, test_fraction=test_fraction,
+                               max_empty_fraction=max_empty_fraction, allow_empty_labels=allow_empty_labels)
     notes = list(raw.notes)
     warnings: list[str] = []
     label_names = None
