@@ -91,6 +91,9 @@ class RunOptions:
                          kind="int")
     max_eval_examples: int | None = _opt(None, "cap on validation examples per evaluation", metavar="N", kind="int")
     no_search: bool = _opt(False, "skip the search: train the recommended setup once", kind="flag")
+    packing: bool = _opt(False, "generation: pack whole examples into seq-len blocks (fewer pad tokens) when the "
+                         "model keeps packed examples apart; checked on the model, else off with a note",
+                         kind="flag")
     output: str | None = _opt(None, "output folder (default autoft-output/<timestamp>); must be empty unless "
                               "--overwrite", metavar="DIR", group="output")
     resume: str | None = _opt(None, "continue an interrupted run in DIR", metavar="DIR", group="output")

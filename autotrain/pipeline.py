@@ -44,6 +44,7 @@ from autoft.autotrain.schedule import (DEFAULT_HPARAMS, parse_duration, sample_c
                                        warmup_steps)
 from autoft.autotrain.search import SearchOutOfTime, SearchResult, plan_rungs, run_search
 from autoft.autotrain.store import TrialStore, write_json
+from autoft.autotrain.tracking import make_trackers
 from autoft.errors import AutoftError
 
 __all__ = ["RunOptions", "RunResult", "RunInterrupted", "run", "prepare_output", "display_name"]
@@ -139,6 +140,8 @@ def run(opts: RunOptions, progress: Progress | Callable[[dict], None] | None = N
 def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory, argv) -> RunResult:
     t_run = time.monotonic()
     opts = resolve_options(opts, out, progress)
+    for tracker in make_trackers(opts.report_to, out):  # --report-to: listeners on the progress bus
+        progress.subscribe(tracker)
     command = command_line(dataclasses.replace(opts, output=str(out), resume=None), always=("seed",))
     if not opts.resume:
         write_json(out / RUN_FILE, {"options": opts.to_dict(), "command": command,

@@ -39,6 +39,7 @@ class TrialSpec:
     seed: int = 0
     trust_remote_code: bool = False
     class_weights: tuple[float, ...] | None = None  # classification loss weights (autotrain/imbalance.py)
+    packing: bool = False  # generation: whole examples packed into seq_len blocks (Trial._choose_packing)
 
     @property
     def effective_batch(self) -> int:
@@ -135,7 +136,8 @@ def make_plan(rec: Recommendation, opts: RunOptions, bundle, *, task: str, devic
                       precision="fp32" if device == "cpu" else rec.precision, device=device,
                       optimizer=rec.optimizer, gradient_checkpointing=bool(rec.gradient_checkpointing),
                       max_eval_examples=opts.max_eval_examples, seed=opts.seed,
-                      trust_remote_code=bool(opts.question.get("trust_remote_code")))
+                      trust_remote_code=bool(opts.question.get("trust_remote_code")),
+                      packing=bool(opts.packing) and task == "generation")
     if task == "classification" and rec.class_weights == "balanced":   # the advisor's WEIGHT-* rules
         trial = replace(trial, class_weights=tuple(class_weights(bundle, "balanced")))
     n_train = len(bundle.splits["train"])

@@ -204,7 +204,8 @@ class Trial:
                   gradient_checkpointing=spec.gradient_checkpointing, device=spec.device, seed=spec.seed,
                   optimizer=spec.optimizer, max_eval_examples=spec.max_eval_examples,
                   trust_remote_code=spec.trust_remote_code,
-                  class_weights=list(spec.class_weights) if getattr(spec, "class_weights", None) else None)
+                  class_weights=list(spec.class_weights) if getattr(spec, "class_weights", None) else None,
+                  packing=bool(getattr(spec, "packing", False)))
         kw.update(schedule)
         return cls(spec.model, bundle, hparams=hparams, **kw)
 

@@ -114,3 +114,28 @@ def test_the_plan_takes_weights_and_metric_from_the_recommendation(shared_data):
                          metric_higher_is_better=False)
     plan = make_plan(rec, RunOptions(max_steps=50), b, task="classification", device="cpu")
     assert plan.trial.class_weights is None and (plan.metric, plan.higher_is_better) == ("loss", False)
+
+
+def test_packing_reaches_generation_trials_only(shared_data):
+    from autoft.advisor.recommend import Recommendation
+    from autoft.autotrain.data import load_data
+    from autoft.autotrain.options import RunOptions
+    from autoft.autotrain.plan import make_plan
+    from autoft.autotrain.trainer import Trial
+
+    b = load_data(shared_data / "go_emotions")
+    rec = Recommendation(model={"id": "m"}, technique="full", task="classification")
+    assert not make_plan(rec, RunOptions(max_steps=50, packing=True), b, task="classification", device="cpu").trial.packing
+    rec = Recommendation(model={"id": "m"}, technique="lora", task="generation")
+    spec = make_plan(rec, RunOptions(max_steps=50, packing=True), b, task="generation", device="cpu").trial
+    assert spec.packing
+    seen = {}
+
+    class Spy(Trial):
+        def __init__(self, model, bundle, **kw):  # what from_spec hands the Trial, without loading a model
+            seen.update(kw)
+
+    Spy.from_spec(spec, b, {"learning_rate": 1e-4})
+    assert seen["packing"] is True
+    from autoft.autotrain.options import to_argv
+    assert "--packing" in to_argv(RunOptions(packing=True))

@@ -117,6 +117,11 @@ def test_tensorboard_event_files_read_back(run_events, tmp_path):
     for name, v in _test_metrics(run_dir).items():
         assert ea.Scalars(name)[-1].value == pytest.approx(v, rel=1e-6)
     assert "train/learning_rate" in ea.Tags()["scalars"] and "final_config" in str(ea.Tags()["tensors"])
+    # the run itself logged the same (TensorBoard is the default tracker when installed)
+    own = EventAccumulator(str(run_dir / "tensorboard" / "final"))
+    own.Reload()
+    for name, v in _test_metrics(run_dir).items():
+        assert own.Scalars(name)[-1].value == pytest.approx(v, rel=1e-6)
 
 
 def test_mlflow_local_store_reads_back(run_events, tmp_path):
