@@ -3,7 +3,8 @@
 `source` is a Hub id (read from the local cache only when HF_HUB_OFFLINE=1), a local model folder,
 or a `.gguf` file (transformers dequantises it; the tokenizer comes from the same file).
 Classification gets AutoModelForSequenceClassification with the label mapping; generation
-AutoModelForCausalLM. SDPA attention where the architecture supports it.
+AutoModelForCausalLM; summarization and translation AutoModelForSeq2SeqLM for an encoder-decoder
+(T5, BART, Marian, ...) and AutoModelForCausalLM for a decoder (instruction-style prompts). SDPA attention where the architecture supports it.
 """
 from __future__ import annotations
 
@@ -101,8 +102,10 @@ def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: i
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    if task not in ("classification", "generation"):
-        raise AutoftError(f"unknown task {task!r}", "use classification or generation")
+    from autoft.advisor.spec import SEQ2SEQ_TASKS, TASKS
+
+    if task not in TASKS:
+        raise AutoftError(f"unknown task {task!r}", "use one of " + ", ".join(TASKS))
     if precision not in DTYPES:
         raise AutoftError(f"unknown precision {precision!r}", "use fp32, bf16 or fp16")
     tok = load_tokenizer(source, trust_remote_code=trust_remote_code)
@@ -137,6 +140,13 @@ def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: i
             # (without this, from_pretrained refuses the checkpoint over the head's shape)
             extra["ignore_mismatched_sizes"] = True
         cls = AutoModelForSequenceClassification
+    elif getattr(config, "is_encoder_decoder", False):
+        if task not in SEQ2SEQ_TASKS:
+            raise AutoftError(f"{source} is an encoder-decoder: autoft trains those for summarization "
+                              "and translation", "pass --task summarization or translation, or a decoder model")
+        from transformers import AutoModelForSeq2SeqLM
+
+        extra, cls = {}, AutoModelForSeq2SeqLM
     else:
         extra, cls = {}, AutoModelForCausalLM
     try:
