@@ -189,6 +189,8 @@ def model_tasks(spec: ModelSpec) -> list[str]:
     tasks = catalog_extra(spec.id).get("tasks")
     if tasks:
         return list(tasks)
+    if spec.family == "encoder-decoder":
+        return ["summarization", "translation"]
     return ["classification"] if spec.family == "encoder" else ["generation", "classification"]
 
 

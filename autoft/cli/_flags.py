@@ -55,6 +55,9 @@ DATA_COLUMNS = {
     "label_column": "column with the label (classification; default: guessed)",
     "prompt_column": "column with the prompt/instruction (generation; default: guessed)",
     "response_column": "column with the response/output (generation; default: guessed)",
+    "source_column": "column with the source text: the document to summarize or the text to translate "
+                     "(summarization/translation; default: guessed)",
+    "target_column": "column with the target text: the summary or the translation (default: guessed)",
 }
 
 
@@ -66,3 +69,10 @@ def add_data_flags(group) -> None:
 def data_column_kwargs(obj) -> dict:
     """load_data keyword arguments for the column flags that were given (args or RunOptions)."""
     return {n: getattr(obj, n) for n in DATA_COLUMNS if getattr(obj, n, None)}
+
+
+def data_language_kwargs(question) -> dict:
+    """load_data's source_lang/target_lang from --source-lang/--target-lang (args, a Question or
+    a RunOptions.question dict), for a translation set whose languages the layout does not name."""
+    get = question.get if isinstance(question, dict) else (lambda k: getattr(question, k, None))
+    return {k: get(k) for k in ("source_lang", "target_lang") if get(k)}
