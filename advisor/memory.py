@@ -39,7 +39,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Iterable
 
-from autoft.advisor.spec import Estimate, ModelSpec, TrainSetup
+from autoft.advisor.spec import SEQ2SEQ_TASKS, Estimate, ModelSpec, TrainSetup
 from autoft.advisor.units import GIB
 from autoft.errors import AutoftError
 
@@ -160,6 +160,10 @@ EAGER_ONLY = frozenset({"deberta", "deberta-v2"})
 
 
 def is_gated(spec: ModelSpec) -> bool:
+    if spec.gated_mlp is not None:  # said by config.json (T5's feed_forward_proj)
+        return spec.gated_mlp
+    if spec.family == "encoder-decoder":
+        return False  # BART, Marian: fc1/fc2
     if spec.family == "encoder":
         return spec.model_type in GATED_ENCODERS
     return spec.model_type not in NON_GATED_DECODERS
@@ -296,6 +300,10 @@ def estimate(spec: ModelSpec, setup: TrainSetup, constants: Constants | None = N
     dtype_policy: a key of TRAINING_DTYPES to override the one chosen by setup.precision (used to
     compare with published runs that trained differently, e.g. "bf16-mixed")."""
     c = constants or CONSTANTS
+    if spec.family == "encoder-decoder":
+        return estimate_encoder_decoder(spec, setup, c, dtype_policy)
+    if setup.task in SEQ2SEQ_TASKS:  # a decoder reads source and target as one seq_len sequence
+        setup = replace(setup, task="generation")
     notes: list[str] = []
     on_cpu = setup.device == "cpu"
     precision = "fp32" if on_cpu else setup.precision
@@ -427,6 +435,151 @@ def estimate(spec: ModelSpec, setup: TrainSetup, constants: Constants | None = N
     if eager and s >= 1024:
         notes.append("eager attention stores a x s x s score matrices per layer; sdpa/flash attention avoids them")
     return Estimate(peak_bytes=sum(breakdown_int.values()), breakdown_bytes=breakdown_int, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder-decoders (T5, BART, Marian): two stacks, two lengths
+# ---------------------------------------------------------------------------------------------
+# The encoder reads seq_len source tokens, the decoder writes target_len target tokens; each
+# decoder block adds cross-attention (q, o on target tokens; k, v on the encoder's output, so on
+# source tokens), and the LM head's logits cover target tokens only. T5 adds a learned relative
+# position bias to every attention, which SDPA receives as a float mask of b x heads x len_q x
+# len_k per layer (transformers' sdpa_attention create_position_bias_mask); BART and Marian use
+# plain SDPA. Pre-norm RMSNorm stacks (T5) are counted as the decoder-style norms above,
+# post-LayerNorm stacks with dropout (BART, Marian) as the encoder-style ones.
+RELATIVE_BIAS_TYPES = frozenset({"t5", "mt5", "umt5"})
+PRE_NORM_RMS_TYPES = RELATIVE_BIAS_TYPES
+
+
+def cross_attention_linears(spec: ModelSpec) -> list[tuple[str, int, int]]:
+    """(role, d_in, d_out) of a decoder block's cross-attention: q and o act on target tokens,
+    k and v on the encoder output (source tokens)."""
+    h, hd = spec.hidden_size, spec.head_size
+    q_out, kv_out = spec.num_attention_heads * hd, spec.num_kv_heads * hd
+    return [("q", h, q_out), ("k", h, kv_out), ("v", h, kv_out), ("o", q_out, h)]
+
+
+def encoder_decoder_layers(spec: ModelSpec) -> tuple[int, int]:
+    return spec.num_layers, spec.num_decoder_layers or spec.num_layers
+
+
+def encoder_decoder_lora_params(spec: ModelSpec, setup: TrainSetup) -> int:
+    """LoRA parameters over both stacks: r x (d_in + d_out) per targeted matrix, cross-attention
+    included (peft matches T5's EncDecAttention.q/v and BART's encoder_attn.q_proj/v_proj by name)."""
+    targets = lora_targets(setup)
+    L_enc, L_dec = encoder_decoder_layers(spec)
+    block = sum(setup.lora_rank * (i + o) for role, i, o in layer_linears(spec) if role in targets)
+    cross = sum(setup.lora_rank * (i + o) for role, i, o in cross_attention_linears(spec) if role in targets)
+    return L_enc * block + L_dec * (block + cross)
+
+
+def _stack_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec as one stack for layer_activation_bytes_per_token: pre-norm RMS stacks count like
+    decoder blocks, post-LayerNorm + dropout stacks like encoder blocks."""
+    fam = "decoder" if spec.model_type in PRE_NORM_RMS_TYPES else "encoder"
+    return replace(spec, family=fam, gated_mlp=is_gated(spec))
+
+
+def encoder_decoder_activations(spec: ModelSpec, setup: TrainSetup, *, trained: tuple[int, int],
+                                weights_train: bool, lora: set[str], e: float, stream: float,
+                                c: Constants = CONSTANTS) -> float:
+    """Bytes saved for backward by both stacks (no checkpointing). `trained`: (encoder layers whose
+    activations are kept, decoder layers whose weights train); the decoder's other layers still
+    save their frozen-form activations when the gradient must reach the encoder through them."""
+    b, s = setup.batch_size, setup.seq_len
+    t = setup.target_len or setup.seq_len
+    L_enc, L_dec = encoder_decoder_layers(spec)
+    one = _stack_spec(spec)
+    a, h = spec.num_attention_heads, spec.hidden_size
+    q_w, kv_w = a * spec.head_size, spec.num_kv_heads * spec.head_size
+
+    def block(train: bool) -> float:
+        return layer_activation_bytes_per_token(one, setup, weights_train=train, lora=lora, e=e, c=c, stream=stream)
+
+    enc = trained[0] * block(weights_train) * b * s
+    # decoder: self-attention block as above, plus cross-attention per target token (q, output,
+    # o input, its norm, log-sum-exp) and per source token (k and v of the encoder output)
+    cross_t = e * 2 * q_w + 4 * a + stream * h + (e * (q_w + h) if weights_train else 0)
+    cross_t += sum(c.lora_input_bytes * i for role, i, _ in cross_attention_linears(spec) if role in lora and role in "qo")
+    cross_s = 2 * e * kv_w + sum(c.lora_input_bytes * i for role, i, _ in cross_attention_linears(spec)
+                                 if role in lora and role in "kv")
+    n_dec_train = trained[1]
+    dec = (n_dec_train * block(weights_train) + (L_dec - n_dec_train) * block(False)) * b * t
+    dec += L_dec * (cross_t * b * t + cross_s * b * s) * c.activation_scale
+    dec += (e * h * b * s if weights_train else 0)  # the encoder output, saved once for the k/v weights
+    if spec.model_type in RELATIVE_BIAS_TYPES:  # float bias masks, fp32, one per attention
+        dec += 4 * a * b * (L_dec * (t * t + t * s))
+        enc += 4 * a * b * trained[0] * s * s
+    return enc + dec
+
+
+def estimate_encoder_decoder(spec: ModelSpec, setup: TrainSetup, c: Constants = CONSTANTS,
+                             dtype_policy: str | None = None) -> Estimate:
+    """Peak memory of fine-tuning an encoder-decoder on source (seq_len) -> target (target_len)."""
+    notes: list[str] = []
+    on_cpu = setup.device == "cpu"
+    precision = "fp32" if on_cpu else setup.precision
+    policy = TRAINING_DTYPES[dtype_policy or precision]
+    e, mixed = policy.act, policy.autocast_copy > 0
+    stream = 4 if mixed else e
+    b, s, h, V = setup.batch_size, setup.seq_len, spec.hidden_size, spec.vocab_size
+    t = setup.target_len or s
+    L_enc, L_dec = encoder_decoder_layers(spec)
+    P, tech = spec.params, setup.technique
+    opt_full = policy.adamw if setup.optimizer == "adamw" else c.adam8bit_bytes_per_param
+    frozen = trainable = grads = opt = extra = 0.0
+    lora: set[str] = set()
+    trained, weights_train = (L_enc, L_dec), tech in ("full", "freeze")
+    logits_elem = c.logits_bytes_fp32 if e == 4 else c.logits_bytes_16bit
+    block_enc = sum(i * o for _, i, o in layer_linears(spec)) + 2 * h
+    block_dec = block_enc + sum(i * o for _, i, o in cross_attention_linears(spec)) + h
+    if tech == "full":
+        trainable, grads, opt = P * (policy.weight + policy.autocast_copy), P * policy.grad, P * opt_full
+    elif tech == "freeze":
+        k_enc = frozen_bottom_layers(replace(spec, num_layers=L_enc), setup)
+        k_dec = frozen_bottom_layers(replace(spec, num_layers=L_dec), setup)
+        n = min(P, (L_enc - k_enc) * block_enc + (L_dec - k_dec) * block_dec + 2 * h
+                + (0 if spec.tied_embeddings else V * h))
+        trainable, frozen = n * (policy.weight + policy.autocast_copy), (P - n) * policy.frozen
+        grads, opt, trained = n * policy.grad, n * opt_full, (L_enc - k_enc, L_dec - k_dec)
+        notes.append(f"freeze: bottom {k_enc} of {L_enc} encoder and {k_dec} of {L_dec} decoder layers and the "
+                     f"embeddings frozen; {n / 1e6:.1f}M parameters train")
+    else:
+        n = encoder_decoder_lora_params(spec, setup)
+        adam = ADAPTER_BYTES["adamw"] if setup.optimizer == "adamw" else c.adam8bit_bytes_per_param
+        trainable, grads, opt = n * ADAPTER_BYTES["weight"], n * ADAPTER_BYTES["grad"], n * adam
+        lora = lora_targets(setup)
+        if tech == "lora":
+            frozen = P * (4 if precision == "fp32" else 2)
+        else:
+            quantised = min(L_enc * (block_enc - 2 * h) + L_dec * (block_dec - 3 * h), P)
+            frozen = quantised * c.nf4_bytes_per_param + (P - quantised) * 4
+            extra = max(i * o for _, i, o in layer_linears(spec)) * 2
+            stream, logits_elem = 4, c.logits_bytes_fp32
+        notes.append(f"{tech}: {n / 1e6:.2f}M trainable parameters (rank {setup.lora_rank}, "
+                     f"{setup.lora_targets} targets, encoder, decoder and cross-attention), adapters in fp32")
+    acts = encoder_decoder_activations(spec, setup, trained=trained, weights_train=weights_train, lora=lora,
+                                       e=e, stream=stream, c=c)
+    logits = logits_elem * b * t * V  # the LM head covers target tokens only
+    if setup.gradient_checkpointing:
+        # block inputs kept, one block recomputed at a time (counted beyond the logits, as above)
+        kept = stream * h * b * (trained[0] * s + L_dec * t) + e * h * b * s
+        one_block = acts / max(1, trained[0] + L_dec)
+        acts = kept + max(0.0, one_block - logits)
+    acts += extra
+    context = 0.0 if on_cpu else c.cuda_context_bytes
+    static = frozen + trainable + grads + opt
+    margin = c.allocator_dynamic_frac * (acts + logits) + c.allocator_static_frac * static
+    breakdown = {"frozen_weights": frozen, "trainable_weights": trainable, "gradients": grads,
+                 "optimizer_states": opt, "activations": acts, "logits_and_loss": logits,
+                 "cuda_context": context, "allocator_margin": margin}
+    bd = {k: int(round(v)) for k, v in breakdown.items()}
+    notes.append(f"encoder-decoder: {L_enc} encoder layers over {s} source tokens, {L_dec} decoder layers over "
+                 f"{t} target tokens; logits over the target tokens only")
+    if spec.model_type in RELATIVE_BIAS_TYPES:
+        notes.append(f"{spec.model_type}: the relative position bias reaches attention as a b x heads x len x len "
+                     "float mask per layer")
+    return Estimate(peak_bytes=sum(bd.values()), breakdown_bytes=bd, notes=notes)
 
 
 def predicted(est: Estimate, what: str = "peak") -> int:

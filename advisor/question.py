@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TASKS, TECHNIQUES, check_at_least, check_choice
+from autoft.advisor.spec import (OPTIMIZERS, PRECISIONS, SEQ2SEQ_TASKS, TASKS,  # noqa: F401  (re-exported)
+                                 TECHNIQUES, check_at_least, check_choice)
+from autoft.errors import AutoftError
 
 CLASS_WEIGHTS = ("auto", "balanced", "none")
 METRICS = ("accuracy", "macro_f1", "micro_f1", "loss")
@@ -23,13 +25,19 @@ def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None =
 @dataclass
 class Question:
     # -- the situation -------------------------------------------------------------------------
-    task: str | None = _f(None, "what to train: classification (text -> label) or generation "
-                          "(instruction tuning); inferred from the data's columns when omitted",
+    task: str | None = _f(None, "what to train: classification (text -> label), generation "
+                          "(instruction tuning), summarization (document -> summary) or translation "
+                          "(source -> target language); inferred from the data's columns when omitted",
                           choices=TASKS)
     domain: str = _f("general", "subject area of the texts: general, biomedical, scientific, legal, "
                      "finance, code, ...", metavar="DOMAIN")
     language: str = _f("en", "main language of the texts, as an ISO 639-1 code (en, de, fr, ...; "
                        "multi for several)", metavar="CODE")
+    source_lang: str | None = _f(None, "translation: language translated from, as an ISO 639-1 code "
+                                 "(en, de, ...; read from the data's pair column or column names)",
+                                 metavar="CODE")
+    target_lang: str | None = _f(None, "translation: language translated into, as an ISO 639-1 code",
+                                 metavar="CODE")
     data_size: int | None = _f(None, "number of training examples (read from --data when given)",
                                metavar="N")
     num_labels: int | None = _f(None, "number of classes (classification; read from --data)",
@@ -46,6 +54,10 @@ class Question:
     majority_share: float | None = _f(None, "share of train rows in the largest class, 0-1 "
                                       "(single-label; read from --data)", metavar="SHARE", group="hidden")
     multi_label: bool | None = _f(None, "several labels per row (read from --data)", group="hidden")
+    target_len_p95: int | None = _f(None, "summarization/translation: 95th percentile of target "
+                                    "length in tokens (read from --data)", metavar="TOKENS", group="hidden")
+    target_len_p99: int | None = _f(None, "summarization/translation: 99th percentile of target "
+                                    "length in tokens (read from --data)", metavar="TOKENS", group="hidden")
     gpu: str = _f("auto", "hardware to plan for: auto (probe this machine), cpu, or a GPU name from "
                   "the table (A100-80GB, H100-80GB, L4, T4, RTX-4090, ...)", metavar="auto|cpu|NAME",
                   group="hardware")
@@ -95,6 +107,13 @@ class Question:
             attr = name.replace(" ", "_")
             if getattr(self, attr) is not None:
                 check_choice(name, getattr(self, attr), choices)
+        for name in ("source_lang", "target_lang"):
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, v.strip().lower() or None)
+        if self.source_lang and self.source_lang == self.target_lang:
+            raise AutoftError(f"--source-lang and --target-lang are both {self.source_lang!r}",
+                              "translation needs two different languages")
         self.language = (self.language or "en").lower()
         self.domain = (self.domain or "general").lower()
 

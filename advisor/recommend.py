@@ -27,12 +27,17 @@ from typing import Any
 
 from autoft.advisor.question import Question
 from autoft.advisor.rules_engine import Outcome, load_rules, nice
-from autoft.advisor.spec import TECHNIQUES, Estimate, Hardware, ModelSpec, TrainSetup
+from autoft.advisor.spec import SEQ2SEQ_TASKS, TECHNIQUES, Estimate, Hardware, ModelSpec, TrainSetup
 from autoft.advisor.units import GIB
 from autoft.errors import AutoftError
 
 SAFETY = {"gpu": 0.9, "cpu": 0.8}  # plan under this share of memory (RAM also holds the OS and data)
-DEFAULT_SEQ_LEN = {"classification": 256, "generation": 1024}  # when the data's lengths are unknown
+DEFAULT_SEQ_LEN = {"classification": 256, "generation": 1024,  # when the data's lengths are unknown
+                   "summarization": 512, "translation": 128}
+# summarization/translation: target length when the data's is unknown, and the tokens a decoder's
+# instruction prompt ("Translate the following text from English to German." + template) adds
+DEFAULT_TARGET_LEN = {"summarization": 128, "translation": 128}
+PROMPT_OVERHEAD = 32
 MAX_BATCH_SEARCH = 256  # the largest micro-batch the fit search looks for
 SCHEMA_VERSION = 1
 # How the trainer reads each search-space entry (documented in docs/advise-json.md).
@@ -42,7 +47,8 @@ SEARCH_SPACE_KINDS = {"learning_rate": "log-range", "weight_decay": "range", "wa
 # Validation metrics the search can rank by (the keys of Trial.evaluate()) -> higher is better.
 METRICS = {"accuracy": True, "macro_f1": True, "micro_f1": True, "loss": False, "eval_loss": False}
 _MLP_MODULES = {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "dense", "fc1", "fc2", "lin1",
-                "lin2", "c_fc", "Wi", "dense_h_to_4h", "dense_4h_to_h", "w1", "w2", "w3"}
+                "lin2", "c_fc", "Wi", "dense_h_to_4h", "dense_4h_to_h", "w1", "w2", "w3",
+                "wi", "wi_0", "wi_1", "wo"}  # the last four: T5's MLP
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,6 +84,9 @@ class Recommendation:
     task: str | None = None
     num_labels: int | None = None
     warnings: list[str] = field(default_factory=list)
+    # summarization/translation on an encoder-decoder: decoder length in tokens (seq_len is the
+    # encoder's); a decoder reads source and target within seq_len
+    target_len: int | None = None
     question: dict = field(default_factory=dict)
     class_weights: str = "none"  # classification loss: balanced | none (autotrain/imbalance.py)
     metric: str | None = None  # validation metric the search ranks by (a key of Trial.evaluate())
@@ -103,7 +112,8 @@ class Recommendation:
         return _train_setup(self.technique, self.task, self.batch_size, self.seq_len, self.precision,
                             self.gradient_checkpointing, self.optimizer,
                             (self.lora or {}).get("r", 16), (self.lora or {}).get("target_modules", "all-linear"),
-                            self.freeze_layers, self.num_labels, "cpu" if self.gpu.get("kind") == "cpu" else "cuda")
+                            self.freeze_layers, self.num_labels, "cpu" if self.gpu.get("kind") == "cpu" else "cuda",
+                            target_len=self.target_len)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,7 +152,7 @@ def _round_seq(n: int) -> int:
 
 
 def _train_setup(technique, task, batch, seq_len, precision, ckpt, optimizer, lora_r, targets,
-                 freeze_layers, num_labels, device) -> TrainSetup:
+                 freeze_layers, num_labels, device, target_len: int | None = None) -> TrainSetup:
     if isinstance(targets, list):
         scope = "all-linear" if set(targets) & _MLP_MODULES else "attention"
     else:
@@ -150,7 +160,19 @@ def _train_setup(technique, task, batch, seq_len, precision, ckpt, optimizer, lo
     return TrainSetup(technique=technique, task=task, batch_size=max(1, int(batch)), seq_len=int(seq_len),
                       precision=precision, gradient_checkpointing=bool(ckpt), optimizer=optimizer,
                       lora_rank=int(lora_r), lora_targets=scope, freeze_layers=freeze_layers,
-                      num_labels=int(num_labels or 2), device=device)
+                      num_labels=int(num_labels or 2), device=device, target_len=target_len)
+
+
+def _catalog_extra(model_id: str) -> dict:
+    from autoft.advisor.catalog import catalog_extra
+
+    return catalog_extra(model_id)
+
+
+def _model_tasks(spec: ModelSpec) -> list[str]:
+    from autoft.advisor.catalog import model_tasks
+
+    return model_tasks(spec)
 
 
 def _gib(b: float) -> float:
@@ -214,6 +236,10 @@ class _Advisor:
         self.fixed_model = fixed_model
         if q.task is not None:
             self.task = q.task
+        elif fixed_model is not None and fixed_model.family == "encoder-decoder":
+            self.task = "summarization"
+            self.warnings.append("task not given: assumed summarization for an encoder-decoder model "
+                                 "(pass --task translation, or --data)")
         elif fixed_model is not None and fixed_model.family == "decoder":
             self.task = "generation"
             self.warnings.append("task not given: assumed generation for a decoder model "
@@ -221,9 +247,12 @@ class _Advisor:
         else:
             self.task = "classification"
             self.warnings.append("task not given: assumed classification (pass --task generation, or --data)")
-        if fixed_model is not None and self.task == "generation" and fixed_model.family == "encoder":
+        if fixed_model is not None and self.task != "classification" and fixed_model.family == "encoder":
             raise AutoftError(f"{fixed_model.id} is an encoder: it cannot be fine-tuned to generate text",
                               "pick a decoder model (--model), or use --task classification")
+        if self.task == "translation" and not (q.source_lang and q.target_lang):
+            raise AutoftError("translation needs the two languages", "pass --source-lang and --target-lang, "
+                              "or --data with a translation column")
         self.kind = hw.kind
         self.safety = SAFETY[self.kind]
         mem = hw.memory_bytes or (8 * GIB)
@@ -232,8 +261,11 @@ class _Advisor:
         self.device = "cpu" if self.kind == "cpu" else "cuda"
         self.gpus = max(1, len(hw.gpus)) if self.kind == "gpu" else 1
         g = hw.gpu
+        language = q.source_lang if self.task == "translation" else q.language
         self.base = {
-            "task": self.task, "domain": q.domain, "language": q.language, "data_size": q.data_size,
+            "task": self.task, "domain": q.domain, "language": language, "data_size": q.data_size,
+            "source_lang": q.source_lang, "target_lang": q.target_lang,
+            "target_len_p95": q.target_len_p95, "target_len_p99": q.target_len_p99,
             "num_labels": q.num_labels, "seq_len_p95": q.seq_len_p95, "seq_len_p99": q.seq_len_p99,
             "hw_kind": self.kind, "gpu_name": g.name if g else None,
             "gpu_count": len(hw.gpus) if self.kind == "gpu" else 0,
@@ -244,6 +276,7 @@ class _Advisor:
             "multi_label": q.multi_label,
         }
         self.seq_wanted, self.seq_reason = self._seq_wanted()
+        self.target_wanted, self.target_reason = self._target_wanted()
 
     # -- facts -----------------------------------------------------------------------------------
     def _seq_wanted(self) -> tuple[int, dict]:
@@ -260,17 +293,49 @@ class _Advisor:
         return _round_seq(n), _reason("SEQ-LEN", src + "; rounded up to a multiple of 8 (64 above 128)",
                                       seq_len_p95=q.seq_len_p95, seq_len_p99=q.seq_len_p99)
 
+    def _target_wanted(self) -> tuple[int | None, dict | None]:
+        """Summarization/translation: the target (decoder) length, from the targets' percentiles."""
+        q = self.q
+        if self.task not in SEQ2SEQ_TASKS:
+            return None, None
+        if q.target_len_p99:
+            n, src = q.target_len_p99, f"99% of your targets are at most {q.target_len_p99} tokens"
+        elif q.target_len_p95:
+            n, src = q.target_len_p95, f"95% of your targets are at most {q.target_len_p95} tokens"
+        else:
+            n = DEFAULT_TARGET_LEN[self.task]
+            src = f"target lengths unknown (no --data): {n} tokens, the default for {self.task}"
+        return _round_seq(n), _reason("TARGET-LEN", src + "; the decoder's length, rounded up like the "
+                                      "source's; a decoder model reads source, target and a prompt of about "
+                                      f"{PROMPT_OVERHEAD} tokens as one sequence", target_len_p95=q.target_len_p95,
+                                      target_len_p99=q.target_len_p99)
+
     def model_facts(self, spec: ModelSpec) -> dict:
         f = dict(self.base)
-        seq = self.seq_wanted if self.q.seq_len else min(self.seq_wanted, spec.max_positions)
+        wanted = self.seq_wanted
+        if self.target_wanted and spec.family == "decoder" and not self.q.seq_len:
+            wanted = _round_seq(self.seq_wanted + self.target_wanted + PROMPT_OVERHEAD)
+        seq = wanted if self.q.seq_len else min(wanted, spec.max_positions)
+        langs = [x.lower() for x in spec.languages]
+        src, tgt = self.q.source_lang, self.q.target_lang
+        pair = bool(src and tgt and _knows(src, langs) and _knows(tgt, langs))
+        f.update({
+            "knows_pair": pair,
+            "translates_pair": bool(src and tgt and f"{src}-{tgt}" in _catalog_extra(spec.id).get("translates", [])),
+            "pair_specific": bool(src and tgt and sorted(langs) == sorted({src, tgt})
+                                  and f"{src}-{tgt}" in _catalog_extra(spec.id).get("translates", [])),
+            "model_tasks": _model_tasks(spec),
+            "target_len_wanted": self.target_wanted,
+            "target_len": None if self.target_wanted is None else min(self.target_wanted, spec.max_positions),
+        })
         f.update({
             "model": spec.id, "params": spec.params, "params_b": nice(spec.params / 1e9),
             "family": spec.family, "model_type": spec.model_type,
             "languages": list(spec.languages), "domains": list(spec.domains),
-            "knows_language": _knows(self.q.language, spec.languages),
+            "knows_language": pair if self.task == "translation" else _knows(self.q.language, spec.languages),
             "domain_match": self.q.domain in [d.lower() for d in spec.domains],
             "gated": bool(spec.gated), "max_positions": spec.max_positions,
-            "seq_len_wanted": self.seq_wanted, "seq_len": seq,
+            "seq_len_wanted": wanted, "seq_len": seq,
         })
         return f
 
@@ -294,6 +359,8 @@ class _Advisor:
             "targets": v.get("lora_targets", "all-linear"),
             "freeze": freeze,
             "seq_len": facts["seq_len"],
+            # an encoder-decoder's decoder length (a decoder reads everything within seq_len)
+            "target_len": facts.get("target_len") if spec.family == "encoder-decoder" else None,
         }
         return out, choice
 
@@ -301,7 +368,7 @@ class _Advisor:
                seq_len: int | None = None) -> TrainSetup:
         return _train_setup(technique, self.task, batch, seq_len or c["seq_len"], c["precision"],
                             c["ckpt"] if ckpt is None else ckpt, c["optimizer"], c["lora_r"], c["targets"],
-                            c["freeze"], self.q.num_labels, self.device)
+                            c["freeze"], self.q.num_labels, self.device, target_len=c.get("target_len"))
 
     def _peak(self, spec: ModelSpec, setup: TrainSetup) -> Estimate:
         return self.mem.estimate(spec, setup)
@@ -678,6 +745,8 @@ class _Advisor:
             reasons += [f.reason() for f in mout.firings]
         reasons += treasons
         reasons.append(self.seq_reason)
+        if self.target_reason:
+            reasons.append(self.target_reason)
         reasons += best.reasons
         if q.seq_len and q.seq_len > best.spec.max_positions:
             self.warnings.append(f"--seq-len {q.seq_len} is longer than {best.spec.id} reads "
@@ -719,7 +788,7 @@ class _Advisor:
         return {
             "model": p.spec.to_dict(), "technique": p.technique, "batch_size": p.setup.batch_size,
             "gradient_accumulation_steps": p.accumulation, "effective_batch_size": p.effective,
-            "seq_len": p.setup.seq_len, "precision": p.setup.precision,
+            "seq_len": p.setup.seq_len, "target_len": p.setup.target_len, "precision": p.setup.precision,
             "gradient_checkpointing": p.setup.gradient_checkpointing, "optimizer": p.setup.optimizer,
             "lora": p.lora, "freeze_layers": p.setup.freeze_layers if p.technique == "freeze" else None,
             "estimate": _est_dict(p.est), "fits": p.fits, "max_batch_size": p.max_batch,
@@ -739,7 +808,8 @@ class _Advisor:
             reasons=reasons, alternatives=alts, search_space=p.search_space, task=self.task,
             num_labels=self.q.num_labels, warnings=list(dict.fromkeys(self.warnings)),
             question=self.q.to_dict(), trust_remote_code=self.q.trust_remote_code,
-            speed=p.speed.to_dict() if p.speed is not None else None)
+            speed=p.speed.to_dict() if p.speed is not None else None,
+            target_len=p.setup.target_len if p.spec.family == "encoder-decoder" else self.target_wanted)
 
 
 def _setting(x: dict) -> str:

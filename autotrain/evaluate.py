@@ -1,5 +1,7 @@
 """Metrics: classification (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix),
-the majority-class baseline, and perplexity. Pure functions on plain lists (scikit-learn, no torch)."""
+the majority-class baseline, perplexity, and scores of generated text against references:
+ROUGE-1/2/L (rouge-score), BLEU and chrF (sacrebleu), exact match. Pure functions on plain lists
+(scikit-learn, rouge-score, sacrebleu; no torch)."""
 from __future__ import annotations
 
 import math
@@ -131,3 +133,77 @@ def multilabel_baseline(train_rows: Sequence[Sequence[int]], y_true: Sequence[Se
     out["loss"] = None
     out["majority_labels"] = [labels[j] for j, v in enumerate(m) if v]
     return out
+# -- generated text --------------------------------------------------------------------------------
+# What each task is judged by, and the metric its reports lead with. Units: rouge* and exact_match
+# are fractions in 0-1 (rouge-score's F-measure); bleu and chrf are sacrebleu's 0-100 scores.
+TEXT_METRICS = {"summarization": ("rouge1", "rouge2", "rougeL"), "translation": ("bleu", "chrf"),
+                "generation": ("rougeL", "exact_match")}
+HEADLINE = {"summarization": "rougeL", "translation": "bleu", "generation": "rougeL"}
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str], stem: bool = True) -> dict:
+    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F-measures (0-1) with Porter stemming, as rouge-score
+    computes them (Lin 2004; Google's reimplementation of the original Perl script). Its tokenizer
+    keeps only a-z and 0-9, so the scores mean little for text in other scripts."""
+    from rouge_score import rouge_scorer  # noqa: PLC0415
+
+    _check(predictions, references)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=stem)
+    sums = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for p, r in zip(predictions, references):
+        for k, v in scorer.score(r, p).items():
+            sums[k] += v.fmeasure
+    n = max(1, len(predictions))
+    return {k: v / n for k, v in sums.items()}
+
+
+def bleu_chrf(predictions: Sequence[str], references: Sequence[str], target_lang: str | None = None) -> dict:
+    """Corpus BLEU (sacrebleu's 13a tokenizer; "zh"/"ja"/"ko" get their own) and chrF (character
+    6-grams, beta 2), both 0-100, one reference per example (Post 2018, sacreBLEU)."""
+    from sacrebleu.metrics import BLEU, CHRF  # noqa: PLC0415
+
+    _check(predictions, references)
+    tok = {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}.get(target_lang or "", "13a")
+    try:
+        bleu = BLEU(tokenize=tok)
+    except Exception:  # noqa: BLE001  (mecab tokenizers need extra packages: fall back)
+        bleu = BLEU()
+    refs = [list(references)]
+    return {"bleu": float(bleu.corpus_score(list(predictions), refs).score),
+            "chrf": float(CHRF().corpus_score(list(predictions), refs).score)}
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and articles, fold whitespace (SQuAD's answer normalisation)."""
+    import re  # noqa: PLC0415
+    import string  # noqa: PLC0415
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Share of predictions equal to their reference after SQuAD normalisation (0-1)."""
+    _check(predictions, references)
+    if not predictions:
+        return 0.0
+    return sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references)) / len(predictions)
+
+
+def text_metrics(task: str, predictions: Sequence[str], references: Sequence[str],
+                 target_lang: str | None = None) -> dict:
+    """The scores `task` is judged by (TEXT_METRICS): summarization ROUGE-1/2/L, translation BLEU
+    and chrF, generation (instruction tuning) ROUGE-L and exact match."""
+    if task == "summarization":
+        return rouge(predictions, references)
+    if task == "translation":
+        return bleu_chrf(predictions, references, target_lang)
+    if task == "generation":
+        return {"rougeL": rouge(predictions, references)["rougeL"],
+                "exact_match": exact_match(predictions, references)}
+    raise ValueError(f"no text metrics for task {task!r}")
+
+
+def _check(predictions: Sequence[str], references: Sequence[str]) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")

@@ -3,7 +3,8 @@
 `source` is a Hub id (read from the local cache only when HF_HUB_OFFLINE=1), a local model folder,
 or a `.gguf` file (transformers dequantises it; the tokenizer comes from the same file).
 Classification gets AutoModelForSequenceClassification with the label mapping; generation
-AutoModelForCausalLM. SDPA attention where the architecture supports it.
+AutoModelForCausalLM; summarization and translation AutoModelForSeq2SeqLM for an encoder-decoder
+(T5, BART, Marian, ...) and AutoModelForCausalLM for a decoder (instruction-style prompts). SDPA attention where the architecture supports it.
 """
 from __future__ import annotations
 
@@ -131,6 +132,7 @@ def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: i
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from autoft.advisor.spec import SEQ2SEQ_TASKS
     from autoft.autotrain.techniques import get_technique
 
     check_choice("task", task, TASKS)
@@ -170,6 +172,13 @@ def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: i
         if problem_type:
             extra["problem_type"] = problem_type
         cls = AutoModelForSequenceClassification
+    elif getattr(config, "is_encoder_decoder", False):
+        if task not in SEQ2SEQ_TASKS:
+            raise AutoftError(f"{source} is an encoder-decoder: autoft trains those for summarization "
+                              "and translation", "pass --task summarization or translation, or a decoder model")
+        from transformers import AutoModelForSeq2SeqLM
+
+        extra, cls = {}, AutoModelForSeq2SeqLM
     else:
         extra, cls = {}, AutoModelForCausalLM
     if model_dropout is not None:

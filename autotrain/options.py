@@ -44,6 +44,9 @@ DATA_COLUMNS = {
                         "... when the data has such a pair)",
     "label_columns": "multi-label as several 0/1 columns: their names, comma-separated (default: found "
                      "when the data has no label column)",
+    "source_column": "column with the source text: the document to summarize or the text to translate "
+                     "(summarization/translation; default: guessed)",
+    "target_column": "column with the target text: the summary or the translation (default: guessed)",
 }
 DATA_METAVARS = {"label_columns": "A,B,..."}
 ALLOW_EMPTY_HELP = ("multi-label: a row may have no label at all ('none of these'); default: yes for "
@@ -68,6 +71,8 @@ class RunOptions:
     prompt_column: str | None = _opt(None, DATA_COLUMNS["prompt_column"], metavar="NAME", group="data")
     response_column: str | None = _opt(None, DATA_COLUMNS["response_column"], metavar="NAME", group="data")
     text_pair_column: str | None = _opt(None, DATA_COLUMNS["text_pair_column"], metavar="NAME", group="data")
+    source_column: str | None = _opt(None, DATA_COLUMNS["source_column"], metavar="NAME", group="data")
+    target_column: str | None = _opt(None, DATA_COLUMNS["target_column"], metavar="NAME", group="data")
     label_columns: str | None = _opt(None, DATA_COLUMNS["label_columns"], metavar=DATA_METAVARS["label_columns"],
                                      group="data")
     allow_empty_labels: bool | None = _opt(None, ALLOW_EMPTY_HELP, kind="bool?", group="data")
@@ -133,10 +138,12 @@ class RunOptions:
         return asdict(self)
 
     def data_columns(self) -> dict:
-        """load_data keyword arguments for the column options that were given."""
+        """load_data keyword arguments for the column options that were given, and the language
+        pair of a translation set (--source-lang/--target-lang) when the question names one."""
         out = {n: getattr(self, n) for n in DATA_COLUMNS if getattr(self, n)}
         if self.allow_empty_labels is not None:
             out["allow_empty_labels"] = self.allow_empty_labels
+        out.update({k: v for k in ("source_lang", "target_lang") if (v := (self.question or {}).get(k))})
         return out
 
     @classmethod

@@ -115,10 +115,12 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
     lines.append("")
     lines += ["## Test results", "", "| metric | fine-tuned | baseline |", "|---|---:|---:|"]
     test, base = metrics.get("test") or {}, metrics.get("baseline") or {}
-    for k in ("accuracy", "micro_f1", "macro_f1", "subset_accuracy", "loss", "eval_loss", "perplexity"):
+    for k in ("accuracy", "micro_f1", "macro_f1", "subset_accuracy", "rouge1", "rouge2", "rougeL", "bleu", "chrf",
+              "exact_match", "loss", "eval_loss", "perplexity"):
         if isinstance(test.get(k), (int, float)):
             lines.append(f"| {k} | {_fmt(test.get(k))} | {_fmt(base.get(k))} |")
     lines.append("")
+    lines += text_metrics_note(metrics)
     reasons = rec.get("reasons") or []
     if reasons:
         lines += ["## Why this setup", ""]
@@ -162,14 +164,43 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
             lines.append(f"| {name} | {_fmt(m.get('precision'))} | {_fmt(m.get('recall'))} | {_fmt(m.get('f1'))} | "
                          f"{m.get('support', '-')} |")
         lines.append("")
-    for s in metrics.get("samples") or []:
-        lines += [f"**Prompt:** {s['prompt']}", "", f"**Output:** {s['output']}", ""]
+    lines += sample_lines(metrics.get("samples") or [])
     if warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     lines += ["## Reproduce", "", "```", command, "```", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def text_metrics_note(metrics: dict) -> list[str]:
+    """Report lines saying how the generated-text scores were measured (none when there are none)."""
+    test = metrics.get("test") or {}
+    if not any(isinstance(test.get(k), (int, float)) for k in ("rouge1", "rougeL", "bleu", "chrf")):
+        return []
+    how = (f"Greedy generation on {test.get('examples', '?')} test examples, at most "
+           f"{test.get('max_new_tokens', '?')} new tokens each ({_fmt(test.get('seconds'))} s); the baseline "
+           "is the base model, generating the same way before fine-tuning. ROUGE and exact match are fractions "
+           "(0-1, rouge-score with stemming), BLEU and chrF sacreBLEU's 0-100 scores. The search ranked trials "
+           f"by validation {metrics.get('metric', 'loss')}, which is cheap; these scores are the test's.")
+    return [how, ""]
+
+
+def sample_lines(samples: list[dict]) -> list[str]:
+    """Sample outputs: instruction tuning's prompt and output; summarization's and translation's
+    source, reference, output and (when measured) the base model's output."""
+    lines: list[str] = []
+    for s in samples:
+        if "source" in s:
+            lines += [f"**Source:** {s['source']}", "", f"**Reference:** {s.get('reference', '')}", "",
+                      f"**Fine-tuned:** {s.get('output', '')}", ""]
+            if s.get("base_output") is not None:
+                lines += [f"**Base model:** {s['base_output']}", ""]
+        else:
+            lines += [f"**Prompt:** {s['prompt']}", "", f"**Output:** {s['output']}", ""]
+    if lines:
+        lines = ["### Sample outputs (test)", ""] + lines
+    return lines
 
 
 def _promotion_sentence(search: dict, metric: str) -> str:

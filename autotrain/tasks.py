@@ -5,6 +5,10 @@ Classification: {"text", "label"} -> input_ids truncated to seq_len + a label id
 keep tokens; multi-label records ({"text", "labels": [...]}) get a 0/1 vector as their label.
 Generation: {"messages": [...]} -> the tokenizer's chat template when it has one, else a plain
 prompt template; labels are -100 on the prompt tokens so the loss covers the response only.
+Summarization/translation: {"source", "target"} -> on an encoder-decoder, source ids (with T5's
+task prefix) for the encoder and labels = target ids for the decoder (padded with -100); on a
+decoder, an instruction prompt ("Summarize ...", "Translate from English to German ...") and the
+target as its response, encoded as generation (loss on the target only).
 Batches are padded dynamically (to the longest example in the batch). The sampler orders examples
 per epoch from the seed, grouping similar lengths (sorted within mega-chunks) so padding is small.
 """
@@ -157,6 +161,76 @@ def segment_ids(position_ids: Sequence[int]) -> list[int]:
     return out
 
 
+# -- summarization and translation -----------------------------------------------------------
+from autoft.advisor.spec import SEQ2SEQ_TASKS  # noqa: E402  (one list of the seq2seq tasks)
+INSTRUCTIONS = {"summarization": "Summarize the following text.",
+                "translation": "Translate the following text from {src} to {tgt}."}
+# T5 (and Flan-T5) were pretrained on a multi-task mixture whose inputs start with a task prefix
+# (Raffel et al. 2020, Appendix D); fine-tuning with the same prefix starts from what it knows.
+T5_PREFIXES = {"summarization": "summarize: ", "translation": "translate {src} to {tgt}: "}
+
+
+def encoding_kind(task: str, config) -> str:
+    """How records of `task` become tensors for a model with `config`: "classification",
+    "generation" (a decoder reads prompt + response; seq2seq tasks on a decoder too) or "seq2seq"
+    (an encoder-decoder: source to the encoder, target as decoder labels)."""
+    if task == "classification":
+        return "classification"
+    if task in SEQ2SEQ_TASKS and getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    return "generation"
+
+
+def instruction(task: str, source_lang: str | None = None, target_lang: str | None = None) -> str:
+    from autoft.autotrain.data.seq2seq import language_name
+
+    return INSTRUCTIONS[task].format(src=language_name(source_lang), tgt=language_name(target_lang))
+
+
+def source_prefix(model_type: str, task: str, source_lang: str | None = None, target_lang: str | None = None) -> str:
+    """The text put before each source for an encoder-decoder: T5's task prefix, else nothing."""
+    from autoft.autotrain.data.seq2seq import language_name
+
+    if model_type != "t5" or task not in T5_PREFIXES:
+        return ""
+    return T5_PREFIXES[task].format(src=language_name(source_lang), tgt=language_name(target_lang))
+
+
+def seq2seq_messages(record: dict, task: str, source_lang: str | None = None,
+                     target_lang: str | None = None) -> list[dict]:
+    """A {source, target} record as the instruction-tuning conversation a decoder is trained on."""
+    return [{"role": "user", "content": instruction(task, source_lang, target_lang) + "\n\n" + record["source"]},
+            {"role": "assistant", "content": record["target"]}]
+
+
+def encode_seq2seq(records: Sequence[dict], tokenizer, seq_len: int, target_len: int,
+                   prefix: str = "") -> list[dict]:
+    """[{input_ids, labels}] for an encoder-decoder: the prefixed source truncated to seq_len tokens,
+    the target (tokenised as a target: Marian has a target-language vocabulary) truncated to
+    target_len, both ending with the tokenizer's end-of-sequence token. The model shifts the labels
+    right to make its decoder inputs."""
+    src = tokenizer([prefix + str(r["source"]) for r in records], truncation=True, max_length=seq_len)
+    tgt = tokenizer(text_target=[str(r["target"]) for r in records], truncation=True, max_length=target_len)
+    eos = tokenizer.eos_token_id
+    out = []
+    for a, b in zip(src["input_ids"], tgt["input_ids"]):
+        if eos is not None and (not b or b[-1] != eos):  # a tokenizer that adds no end-of-sequence:
+            b = (list(b) + [eos])[-target_len:] if len(b) < target_len else list(b[:-1]) + [eos]  # generation must learn to stop
+        out.append({"input_ids": a, "labels": b})
+    return out
+
+
+def length_cap(target_lengths: Sequence[int], slack: float = 1.25, floor: int = 8) -> int:
+    """Most new tokens to generate for one example: the 99th percentile of the reference lengths
+    (train targets, tokens) x `slack`. Greedy decoding stops at the end-of-sequence token; the cap
+    only bounds runaway outputs, which would otherwise cost the most time."""
+    if not target_lengths:
+        return floor
+    xs = sorted(target_lengths)
+    p99 = xs[min(len(xs) - 1, max(0, -(-99 * len(xs) // 100) - 1))]
+    return max(floor, int(p99 * slack + 0.999))
+
+
 # -- order and batches ------------------------------------------------------------------------
 def epoch_order(lengths: Sequence[int], seed: int, epoch: int, group_by_length: bool = True) -> list[int]:
     """Example indices for one epoch: a seeded permutation, then (length grouping) each chunk of
@@ -208,10 +282,13 @@ def collate(examples: Iterable[dict], pad_id: int, task: str) -> dict:
     attention_mask, labels (class ids, float 0/1 rows for multi-label, or token labels with
     -100), token_type_ids (pairs) and position_ids (packed blocks: restarting per example; the
     padding continues as one more segment, so no real token attends to it), and `num_tokens` (an
-    int: real, non-pad tokens, for throughput, computed here on the CPU without a device sync)."""
+    int: real, non-pad tokens, for throughput, computed here on the CPU without a device sync).
+    task "seq2seq": labels are the decoder's and padded to their own longest, with -100."""
     import torch
 
     examples = list(examples)
+    if task == "seq2seq":
+        return _collate_seq2seq(examples, pad_id)
     width = max(len(e["input_ids"]) for e in examples)
     n = len(examples)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -242,3 +319,22 @@ def collate(examples: Iterable[dict], pad_id: int, task: str) -> dict:
     if pos is not None:
         out["position_ids"] = pos
     return out
+
+
+def _collate_seq2seq(examples: list[dict], pad_id: int) -> dict:
+    import torch
+
+    n = len(examples)
+    width = max(len(e["input_ids"]) for e in examples)
+    t_width = max(len(e["labels"]) for e in examples)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    labels = torch.full((n, t_width), IGNORE, dtype=torch.long)
+    tokens = 0
+    for i, e in enumerate(examples):
+        L, T = len(e["input_ids"]), len(e["labels"])
+        ids[i, :L] = torch.tensor(e["input_ids"], dtype=torch.long)
+        mask[i, :L] = 1
+        labels[i, :T] = torch.tensor(e["labels"], dtype=torch.long)
+        tokens += L + T
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "num_tokens": tokens}

@@ -50,7 +50,9 @@ class Trial:
         bundle: a DataBundle (duck-typed: `.task`, `.splits` {"train","validation","test"} -> list
             of records, `.label_names`). Classification records are {"text", "label"}; generation
             records are {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}.
-        task: "classification" or "generation".
+        task: "classification", "generation", "summarization" or "translation" (records
+            {"source", "target"}; an encoder-decoder trains on source -> target, a decoder on an
+            instruction prompt with the target as its response).
         technique: "full", "freeze", "lora" or "qlora" (see `autoft.autotrain.techniques`).
         hparams: learning_rate (default 2e-5 full, 1e-4 freeze, 2e-4 lora/qlora), weight_decay
             (0.0), warmup_steps / warmup_ratio (ratio needs total_steps), lora_r, lora_alpha,
@@ -58,7 +60,9 @@ class Trial:
             model_dropout (every dropout probability of the model's config, 0-1; default: the
             model's own). Keys that do not apply to the technique are ignored; unknown keys are an error.
         batch_size: micro-batch size; grad_accum: micro-batches per optimizer step.
-        seq_len: truncation length in tokens.
+        seq_len: truncation length in tokens (an encoder-decoder's source length).
+        target_len: summarization/translation on an encoder-decoder: truncation length of the
+            target in tokens (default: seq_len).
         precision: "fp32" (the only choice on CPU), "bf16" or "fp16" (CUDA autocast; fp16 uses a
             GradScaler). For qlora it is also the 4-bit compute dtype.
         gradient_checkpointing: recompute activations in backward.
@@ -104,7 +108,7 @@ class Trial:
                  label_names: list[str] | None = None, trust_remote_code: bool = False,
                  max_eval_examples: int | None = None, optimizer: str = "adamw",
                  packing: bool = False, log_every: int = 10, class_weights: list[float] | None = None,
-                 problem_type: str | None = None):
+                 problem_type: str | None = None, target_len: int | None = None):
         from autoft.autotrain import tasks
         from autoft.autotrain.models import load_model_and_tokenizer
         from autoft.autotrain.techniques import get_technique, make_config
@@ -123,12 +127,15 @@ class Trial:
                          trust_remote_code=trust_remote_code, max_eval_examples=max_eval_examples,
                          optimizer=optimizer, packing=packing, log_every=log_every,
                          class_weights=class_weights, problem_type=problem_type)
+        if target_len is not None:
+            self.args["target_len"] = target_len
         _check_args(hparams, task, lr_schedule, total_steps, batch_size, grad_accum, seq_len, precision,
                     device, optimizer)  # one-line errors, before any model is loaded
         self.device = torch.device(device)
         self.info = get_technique(technique)
         self.tech_config = make_config(technique, hparams)
         self.task, self.technique, self.hparams = task, technique, hparams
+        self.target_len = int(target_len or seq_len)
         self.batch_size, self.grad_accum, self.seq_len = batch_size, grad_accum, seq_len
         self.precision, self.seed, self.log_every = precision, seed, max(1, log_every)
         self.max_eval_examples, self.bundle = max_eval_examples, bundle
@@ -163,6 +170,9 @@ class Trial:
         model.config.use_cache = False  # no KV cache while training (generate() turns it on)
         model = self.info.module.apply(model, self.tech_config, task, gradient_checkpointing)
         self.model = model
+        # how records become tensors: classification, generation (decoders, seq2seq tasks too) or
+        # seq2seq (an encoder-decoder)
+        self.kind = tasks.encoding_kind(task, model.config)
         self.params = [p for p in model.parameters() if p.requires_grad]
         # Trainable weights are fp32 masters whatever the base is stored in (a LoRA head copied
         # from a bf16 base, for instance); the forward runs in bf16/fp16 through autocast.
@@ -183,7 +193,7 @@ class Trial:
         # -- data: tokenise the training split once; a seeded endless stream of indices --
         self._encoded: dict[str, list[dict]] = {}
         train = self._encode("train")
-        if task == "generation" and packing:
+        if self.kind == "generation" and packing:
             train = self._encoded["train"] = self._choose_packing(train)
         self.stream = tasks.ExampleStream([len(e["input_ids"]) for e in train], seed,
                                           group_by_length=self.packing_mode in (None, "off"))
@@ -242,10 +252,28 @@ class Trial:
                 raise AutoftError(f"the data has no {split} split", "give the data a " + split + " split")
             if self.task == "classification":
                 enc = tasks.encode_classification(records, self.tokenizer, self.seq_len, self.label_names)
+            elif self.kind == "seq2seq":
+                enc = tasks.encode_seq2seq(records, self.tokenizer, self.seq_len, self.target_len, self._prefix())
+            elif self.task in tasks.SEQ2SEQ_TASKS:  # a decoder: instruction prompt + target as response
+                enc = tasks.encode_generation([{"messages": self.messages(r)} for r in records],
+                                              self.tokenizer, self.seq_len)
             else:
                 enc = tasks.encode_generation(records, self.tokenizer, self.seq_len)
             self._encoded[split] = enc
         return self._encoded[split]
+
+    def _prefix(self) -> str:
+        from autoft.autotrain.tasks import source_prefix
+
+        return source_prefix(getattr(self.model.config, "model_type", ""), self.task,
+                             getattr(self.bundle, "source_lang", None), getattr(self.bundle, "target_lang", None))
+
+    def messages(self, record: dict) -> list[dict]:
+        """A {source, target} record as the conversation a decoder trains on (seq2seq tasks)."""
+        from autoft.autotrain.tasks import seq2seq_messages
+
+        return seq2seq_messages(record, self.task, getattr(self.bundle, "source_lang", None),
+                                getattr(self.bundle, "target_lang", None))
 
     def _to_device(self, batch: dict) -> dict:
         nb = self.device.type == "cuda"
@@ -443,7 +471,7 @@ class Trial:
                 step_loss = torch.zeros((), device=self.device)
                 for _ in range(self.grad_accum):
                     idx = self.stream.take(self.batch_size)
-                    batch = collate((train[i] for i in idx), pad, self.task)
+                    batch = collate((train[i] for i in idx), pad, self.kind)
                     step_samples += len(idx)
                     step_tokens += batch["num_tokens"]
                     with self._autocast():
@@ -523,7 +551,7 @@ class Trial:
         bs = max(1, 2 * self.batch_size if self.task == "classification" else self.batch_size)
         for k in range(0, len(order), bs):
             idx = order[k:k + bs]
-            yield idx, collate((enc[i] for i in idx), self.tokenizer.pad_token_id, self.task)
+            yield idx, collate((enc[i] for i in idx), self.tokenizer.pad_token_id, self.kind)
 
     def evaluate(self, split: str = "validation", max_examples: int | None = None) -> dict:
         """Metrics on a split (no gradients, model back to train mode afterwards).
@@ -574,6 +602,8 @@ class Trial:
                     out = ev.classification_metrics(y_true, y_out, self.label_names)
                 out["loss"] = (loss_sum / w_sum).item()
                 return out
+            if self.kind == "seq2seq":
+                return self._evaluate_seq2seq(split, max_examples)
             loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
             n_tok, n = 0, 0
             for _, batch in self._eval_batches(split, max_examples):
@@ -605,6 +635,37 @@ class Trial:
         out = ev.multilabel_metrics(y_true, ev.apply_threshold(probs, self.threshold), self.label_names)
         out["threshold"] = self.threshold
         return out
+    def _evaluate_seq2seq(self, split: str, max_examples: int | None) -> dict:
+        """Encoder-decoder: token-weighted cross-entropy of the targets (the decoder's logits line
+        up with the labels: no shift). Same keys as generation."""
+        from autoft.autotrain import evaluate as ev
+
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        n_tok, n = 0, 0
+        for _, batch in self._eval_batches(split, max_examples):
+            b = self._to_device(batch)
+            with self._autocast():
+                logits = self.model(**b).logits
+            for i in range(logits.size(0)):
+                loss_sum += torch.nn.functional.cross_entropy(
+                    logits[i].float(), b["labels"][i], ignore_index=-100, reduction="sum")
+            n_tok += int((batch["labels"] != -100).sum())
+            n += batch["input_ids"].size(0)
+        if n_tok == 0:
+            raise AutoftError(f"the {split} split has no target tokens to evaluate", "check the data's targets")
+        mean = (loss_sum / n_tok).item()
+        return {"eval_loss": mean, "perplexity": ev.perplexity(mean), "tokens": n_tok, "examples": n}
+
+    def evaluate_generation(self, split: str = "test", max_examples: int | None = None,
+                            max_new_tokens: int | None = None, batch_size: int | None = None,
+                            on_progress: Callable[[int, int], None] | None = None) -> dict:
+        """Generate for a split (greedy, batched) and score the text against the references:
+        ROUGE-1/2/L (summarization), BLEU and chrF (translation), ROUGE-L and exact match
+        (generation). See `autoft.autotrain.textgen.evaluate_generation`."""
+        from autoft.autotrain.textgen import evaluate_generation
+
+        return evaluate_generation(self, split, max_examples=max_examples, max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size, on_progress=on_progress)
 
     def baseline_eval(self, split: str = "test") -> dict:
         """What not fine-tuning gives. Classification: the majority class of the train split

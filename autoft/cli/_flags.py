@@ -64,3 +64,10 @@ def data_column_kwargs(obj) -> dict:
     if getattr(obj, "allow_empty_labels", None) is not None:
         out["allow_empty_labels"] = obj.allow_empty_labels
     return out
+
+
+def data_language_kwargs(question) -> dict:
+    """load_data's source_lang/target_lang from --source-lang/--target-lang (args, a Question or
+    a RunOptions.question dict), for a translation set whose languages the layout does not name."""
+    get = question.get if isinstance(question, dict) else (lambda k: getattr(question, k, None))
+    return {k: get(k) for k in ("source_lang", "target_lang") if get(k)}

@@ -7,6 +7,8 @@ EXAMPLES = """\
   autoft advise --task generation --data-size 5000 --gpu A100-40GB
   autoft advise --task classification --language de --data-size 2000 --gpu cpu
   autoft advise --task classification --domain biomedical --data-size 8000 --gpu L4
+  autoft advise --task translation --source-lang en --target-lang de --data-size 3000 --gpu T4
+  autoft advise --data ./dialogsum/ --gpu T4            # document/summary columns: summarization
   autoft advise --model mistralai/Mistral-7B-v0.3 --technique lora --gpu T4
                                                       # refused: does not fit; suggests QLoRA
   autoft advise --model Qwen/Qwen2.5-7B-Instruct --batch-size 16 --gpu-memory 24GiB --force
@@ -36,9 +38,9 @@ def add_arguments(parser) -> None:
 def _load(args):
     from autoft.autotrain.data import load_data
 
-    from autoft.cli._flags import data_column_kwargs
+    from autoft.cli._flags import data_column_kwargs, data_language_kwargs
 
-    return load_data(args.data, task=args.task, **data_column_kwargs(args))
+    return load_data(args.data, task=args.task, **data_column_kwargs(args), **data_language_kwargs(args))
 
 
 def _profile_fields(args) -> tuple[dict, list[str]]:
@@ -159,7 +161,10 @@ def render(rec) -> str:
         situation.append(f"{q['data_size']:,} examples")
     if d.get("num_labels"):
         situation.append(f"{d['num_labels']} labels")
-    situation.append(f"language {q.get('language', 'en')}")
+    if q.get("source_lang") and d["task"] == "translation":
+        situation.append(f"{q['source_lang']} -> {q.get('target_lang')}")
+    else:
+        situation.append(f"language {q.get('language', 'en')}")
     if q.get("domain", "general") != "general":
         situation.append(f"domain {q['domain']}")
     where = (f"{gpu['name']} ({gpu['memory_gib']:.1f} GiB{', bf16' if gpu['bf16'] else ''}"
@@ -181,7 +186,13 @@ def render(rec) -> str:
                f" = {d['effective_batch_size']} examples per optimizer step"
                + (f" x {gpu['count']} GPUs" if gpu.get("count", 1) > 1 else "")
                + f"  (largest micro-batch that fits: {_most(d['max_batch_size'])})")
-    out.append(f"  sequence       {d['seq_len']} tokens")
+    if d.get("target_len") and d["model"].get("family") == "encoder-decoder":
+        out.append(f"  sequence       {d['seq_len']} source tokens (encoder), {d['target_len']} target tokens (decoder)")
+    elif d.get("target_len"):
+        out.append(f"  sequence       {d['seq_len']} tokens: instruction, source and target "
+                   f"(targets up to {d['target_len']} tokens)")
+    else:
+        out.append(f"  sequence       {d['seq_len']} tokens")
     out.append(f"  precision      {d['precision']}    gradient checkpointing "
                f"{'on' if d['gradient_checkpointing'] else 'off'}    optimizer {d['optimizer']}")
     out += _speed_lines(d.get("speed"), q.get("data_size"))

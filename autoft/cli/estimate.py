@@ -15,6 +15,8 @@ EXAMPLES = """\
   autoft estimate --model mistralai/Mistral-7B-Instruct-v0.3 --technique lora --lora-rank 64 \\
       --gradient-checkpointing --optimizer paged-adamw-8bit --batch-size 8 --seq-len 1024
   autoft estimate --model ./my-model/config.json --technique freeze --freeze-layers 20 --batch-size 2 --seq-len 1024
+  autoft estimate --model google/flan-t5-base --technique full --task summarization --batch-size 8 \\
+      --seq-len 512 --target-len 128 --gpu T4
 """
 
 
@@ -32,12 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--technique", required=True, choices=TECHNIQUES,
                    help="full, freeze (train the top layers), lora or qlora")
     g.add_argument("--task", choices=TASKS, default=None,
-                   help="generation (LM loss over the vocabulary) or classification; default: "
-                        "classification for encoders, generation for decoders")
+                   help="generation (LM loss over the vocabulary), classification, summarization or "
+                        "translation; default: classification for encoders, generation for decoders, "
+                        "summarization for encoder-decoders")
     g.add_argument("--num-labels", type=_int, default=2, metavar="N", help="classes (classification)")
     s = parser.add_argument_group("setup")
     s.add_argument("--batch-size", type=_int, required=True, metavar="N", help="micro-batch size per GPU")
-    s.add_argument("--seq-len", type=_int, required=True, metavar="TOKENS", help="sequence length in tokens")
+    s.add_argument("--seq-len", type=_int, required=True, metavar="TOKENS",
+                   help="sequence length in tokens (an encoder-decoder's source length)")
+    s.add_argument("--target-len", type=_int, default=None, metavar="TOKENS",
+                   help="encoder-decoders: target (decoder) length in tokens (default: --seq-len)")
     s.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in backward (default: on for qlora, as peft's k-bit "
                         "preparation does; off otherwise)")
@@ -87,8 +93,8 @@ def run(args) -> int:
     memory, gpu_name = _gpu_memory(args)
     args.precision = args.precision or "bf16"
     spec = resolve_model(args.model)
-    task = args.task or ("classification" if spec.family == "encoder" else "generation")
-    if task == "generation" and spec.family == "encoder":
+    task = args.task or {"encoder": "classification", "encoder-decoder": "summarization"}.get(spec.family, "generation")
+    if task != "classification" and spec.family == "encoder":
         raise AutoftError(f"{spec.id} is an encoder and cannot be trained for generation",
                           "pass --task classification, or pick a decoder model")
     ckpt = args.gradient_checkpointing
@@ -103,7 +109,8 @@ def run(args) -> int:
                        precision="fp32" if args.cpu else args.precision, gradient_checkpointing=ckpt,
                        optimizer=args.optimizer, lora_rank=args.lora_rank, lora_targets=args.lora_targets,
                        freeze_layers=args.freeze_layers, num_labels=args.num_labels, attention=args.attention,
-                       chunked_loss=args.chunked_loss, device="cpu" if args.cpu else "cuda")
+                       chunked_loss=args.chunked_loss, device="cpu" if args.cpu else "cuda",
+                       target_len=args.target_len)
     est = estimate(spec, setup)
     notes = list(est.notes)
     if args.seq_len > spec.max_positions:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from autoft.autotrain.data.load import DataBundle
+from autoft.autotrain.data.seq2seq import SEQ2SEQ_TASKS
 
 ESTIMATE_METHOD = "estimate: max(characters / 4, words x 1.3)"
 IMBALANCE_WARN = 10.0
@@ -80,6 +81,11 @@ class DataProfile:
     # sample stands for `step` rows; without sampling every weight is 1 and _cumw[-1] is the row count)
     _lengths: list[int] = field(default_factory=list, repr=False)
     _cumw: list[float] = field(default_factory=list, repr=False)
+    # summarization/translation: length_percentiles are the sources' (what the encoder reads) and
+    # these the targets' (what the decoder writes), tokens, train split, same method
+    target_length_percentiles: dict[str, int] = field(default_factory=dict)
+    source_lang: str | None = None
+    target_lang: str | None = None
 
     @property
     def num_labels(self) -> int | None:
@@ -97,6 +103,8 @@ class DataProfile:
             "language": self.language, "warnings": list(self.warnings), "notes": list(self.notes),
             "multi_label": self.multi_label, "majority_share": self.majority_share,
             "labels_per_row": self.labels_per_row, "pair_lengths": self.pair_lengths,
+            **({"target_token_lengths": dict(self.target_length_percentiles)} if self.target_length_percentiles else {}),
+            **({"source_lang": self.source_lang, "target_lang": self.target_lang} if self.source_lang else {}),
         }
 
     def to_question_fields(self) -> dict[str, Any]:
@@ -116,6 +124,11 @@ class DataProfile:
             out["imbalance_ratio"] = self.imbalance_ratio
             out["majority_share"] = self.majority_share
             out["multi_label"] = self.multi_label
+        if self.target_length_percentiles:
+            out["target_len_p95"] = self.target_length_percentiles["p95"]
+            out["target_len_p99"] = self.target_length_percentiles["p99"]
+        if self.source_lang:
+            out["source_lang"], out["target_lang"] = self.source_lang, self.target_lang
         return out
 
     def mean_length(self) -> int | None:
@@ -174,6 +187,8 @@ def example_text(rec: dict) -> str:
     """The text of one record that counts for length: the text, or all message contents."""
     if "text" in rec:
         return rec["text"]
+    if "source" in rec:          # summarization/translation: the source (the target is profiled apart)
+        return rec["source"]
     return "\n".join(m["content"] for m in rec["messages"])
 
 
@@ -364,7 +379,7 @@ def build_profile(bundle: DataBundle, tokenizer=None, *, seq_len: int | None = N
             prof.warnings.append(f"{len(tiny)} class(es) have fewer than {MIN_CLASS_ROWS} train rows: "
                                  f"{shown}{' ...' if len(tiny) > 5 else ''}; the model will rarely "
                                  "predict them")
-    prof.language = detect_language(texts)
+    prof.language = bundle.source_lang or detect_language(texts)
     # -- lengths
     if pairs:
         prof.pair_lengths = _pair_side_lengths(train, tokenizer, prof.language)
@@ -389,6 +404,8 @@ def build_profile(bundle: DataBundle, tokenizer=None, *, seq_len: int | None = N
         w = prof.truncation_warning(limit, why)
         if w:
             prof.warnings.append(w)
+    if bundle.task in SEQ2SEQ_TASKS:
+        _target_lengths(prof, bundle, tokenizer, max_tokenized)
     # -- duplicates and overlap (exact match after lower-casing and whitespace folding)
     keys = [_norm(t) for t in texts]
     uniq = set(keys)
@@ -408,3 +425,26 @@ def build_profile(bundle: DataBundle, tokenizer=None, *, seq_len: int | None = N
                                  "also occur in train, which inflates test scores; remove them from "
                                  "one side")
     return prof
+
+
+def _target_lengths(prof: DataProfile, bundle: DataBundle, tokenizer, max_tokenized: int | None) -> None:
+    """Summarization/translation: the train targets' token-length percentiles (tokenizer counts, of
+    an even sample past `max_tokenized` rows; else the estimate, x1.5 for a non-English target) and a
+    warning when summaries are about as long as their documents (swapped columns?)."""
+    targets = [r["target"] for r in bundle.splits["train"]]
+    prof.source_lang, prof.target_lang = bundle.source_lang, bundle.target_lang
+    if tokenizer is not None:
+        step = max(1, math.ceil(len(targets) / max_tokenized)) if max_tokenized else 1
+        lengths = sorted(tokenize_lengths(tokenizer, targets[::step]))
+    else:
+        lengths = sorted(estimate_tokens(targets))
+        lang = bundle.target_lang or prof.language
+        if lang not in ("en", "unknown"):
+            lengths = [math.ceil(n * NON_ENGLISH_FACTOR) for n in lengths]
+    prof.target_length_percentiles = {"p50": _percentile(lengths, 50), "p95": _percentile(lengths, 95),
+                                      "p99": _percentile(lengths, 99), "max": lengths[-1] if lengths else 0}
+    src_p50 = prof.length_percentiles.get("p50") or 0
+    if bundle.task == "summarization" and src_p50 and prof.target_length_percentiles["p50"] >= 0.8 * src_p50:
+        prof.warnings.append(f"the summaries are about as long as the documents (median "
+                             f"{prof.target_length_percentiles['p50']} vs {src_p50} tokens): check that "
+                             "--source-column and --target-column are not swapped")

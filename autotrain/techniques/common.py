@@ -34,6 +34,22 @@ def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
+def find_layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """Every stack of transformer blocks: one for an encoder or a decoder, two for an
+    encoder-decoder (T5's `encoder.block` and `decoder.block`, BART's `encoder.layers` and
+    `decoder.layers`). A stack is a ModuleList of identical blocks holding at least a third of the
+    parameters of the largest one (an encoder stack holds about 3/4 of its decoder's, which adds
+    cross-attention). Encoder first, in module order."""
+    best_name, best = find_layers(model)
+    top = sum(p.numel() for p in best.parameters())
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and len({type(m) for m in mod}) == 1:
+            if sum(p.numel() for p in mod.parameters()) * 3 >= top:
+                out.append((name, mod))
+    return out or [(best_name, best)]
+
+
 def head_names(model: nn.Module) -> list[str]:
     """Names of the classification head modules the model has (classifier / score)."""
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
@@ -61,20 +77,20 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float,
     With layer_decay < 1, block i of L gets lr * layer_decay ** (L - i) (the top block
     lr * layer_decay, the bottom ones less); the head and final norm keep lr; embeddings get the
     smallest factor, layer_decay ** (L + 1)."""
-    layers_name, layers = (None, None)
-    if layer_decay != 1.0:
-        layers_name, layers = find_layers(model)
+    stacks = find_layer_stacks(model) if layer_decay != 1.0 else []
+    deepest = max((len(layers) for _, layers in stacks), default=0)
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         scale = 1.0
-        if layers is not None:
-            i = layer_index(name, layers_name)
-            if i is not None:
-                scale = layer_decay ** (len(layers) - i)
-            elif "embed" in name:
-                scale = layer_decay ** (len(layers) + 1)
+        if stacks:  # per stack: an encoder-decoder's encoder and decoder each decay from their top
+            idx = [(i, len(layers)) for n, layers in stacks if (i := layer_index(name, n)) is not None]
+            if idx:
+                i, n_layers = idx[0]
+                scale = layer_decay ** (n_layers - i)
+            elif "embed" in name or name.endswith("shared.weight"):
+                scale = layer_decay ** (deepest + 1)
         wd = 0.0 if _no_decay(name, p) else weight_decay
         groups.setdefault((lr * scale, wd), []).append(p)
     return [{"params": ps, "lr": glr, "initial_lr": glr, "weight_decay": wd}

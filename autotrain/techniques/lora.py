@@ -50,8 +50,14 @@ def peft_config(model, config: LoraConfig, task: str):
     from peft import LoraConfig as PeftLoraConfig, TaskType
 
     heads = head_names(model) if task == "classification" else []
+    if task == "classification":
+        task_type = TaskType.SEQ_CLS
+    elif getattr(model.config, "is_encoder_decoder", False):
+        task_type = TaskType.SEQ_2_SEQ_LM  # T5, BART, Marian: adapters in the encoder and the decoder
+    else:
+        task_type = TaskType.CAUSAL_LM
     return PeftLoraConfig(
-        task_type=TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM,
+        task_type=task_type,
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=target_modules(getattr(model.config, "model_type", ""), config.lora_targets),
         modules_to_save=heads or None,
