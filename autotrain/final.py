@@ -25,12 +25,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoft.advisor.spec import SEQ2SEQ_TASKS
 from autoft.autotrain import checkpoints
 from autoft.autotrain.evaluate import validation_loss
 from autoft.autotrain.plan import RunPlan
 from autoft.autotrain.progress import Progress
 from autoft.autotrain.schedule import DEFAULT_HPARAMS, trial_hparams, warmup_steps
 from autoft.autotrain.store import write_json
+
+# Summarization/translation are scored on generated text (ROUGE, BLEU/chrF) for this many test
+# examples unless --max-eval-examples says otherwise: greedy generation costs a forward pass per
+# new token, so the whole test split would often take longer than the training.
+GENERATION_TEST_EXAMPLES = 200
 
 
 @dataclass(frozen=True)
@@ -83,12 +89,13 @@ class FinalRun:
         self.keeper = keeper
         self.best_dir = out / checkpoints.FINAL_DIR
         self.total = plan.final_steps  # optimizer steps to train to (a time budget may lower it)
+        self.config: dict = {}
 
     def run(self, config: dict, start: Start | None = None, resume: bool = False,
             baseline: dict | None = None) -> FinalResult:
         """`baseline`: the test baseline when already measured (the probe measures the generation
         baseline on the base model before any training)."""
-        plan = self.plan
+        plan, self.config = self.plan, config
         if self.keeper is not None and not resume:
             self.total = self.keeper.final_steps()
         self.progress.emit("phase", name="final", total_steps=self.total)
@@ -124,7 +131,7 @@ class FinalRun:
         if start is None:
             self.progress.emit("stage", name="final", detail=f"{total} steps, lr {lr:.3g}, linear decay")
             return self._fresh_trial(config), state
-        if plan.trial.task == "generation" and state.baseline is None:
+        if plan.trial.task != "classification" and state.baseline is None:
             # the baseline is the base model: measure it before loading the trained winner
             base = self._fresh_trial(config)
             try:
@@ -224,7 +231,9 @@ class FinalRun:
         t_eval = time.monotonic()
         validation, test = trial.evaluate("validation"), trial.evaluate("test")
         samples = None
-        if self.plan.trial.task == "generation":
+        if self.plan.trial.task in SEQ2SEQ_TASKS:
+            samples = self._text_scores(trial, test, state)
+        elif self.plan.trial.task == "generation":
             prompts = _prompts(self.bundle, 3)
             if prompts:
                 samples = [{"prompt": p, "output": o} for p, o in zip(prompts, trial.generate_samples(prompts))]
@@ -235,6 +244,25 @@ class FinalRun:
                            history=state.history, continued_from_step=from_step, samples=samples,
                            samples_per_second=round(state.samples / state.seconds, 2) if state.seconds > 0 else None,
                            eval_seconds=round(t_save - t_eval, 2), save_seconds=round(time.monotonic() - t_save, 2))
+
+    def _text_scores(self, trial, test: dict, state: FinalState) -> list[dict]:
+            """Summarization/translation: generate for the first test examples with the fine-tuned
+            model and with the base model, score both (ROUGE-1/2/L; BLEU, chrF) into `test` and the
+            baseline, and return the first samples with both outputs."""
+            cap = self.plan.trial.max_eval_examples or GENERATION_TEST_EXAMPLES
+            n = min(cap, len(self.bundle.splits["test"]))
+            self.progress.emit("stage", name="evaluate", detail=f"generating for {n} test examples (fine-tuned model)")
+            tuned = trial.evaluate_generation("test", max_examples=cap)
+            self.progress.emit("stage", name="evaluate", detail=f"generating for {n} test examples (base model)")
+            base_trial = self._fresh_trial(self.config)  # the untrained base, same prompts and cap
+            try:
+                base = base_trial.evaluate_generation("test", max_examples=cap)
+            finally:
+                base_trial.close()
+            samples = [{**s, "base_output": b["output"]} for s, b in zip(tuned.pop("samples"), base.pop("samples"))]
+            test.update({k: v for k, v in tuned.items() if k not in ("examples",)}, generated_examples=tuned["examples"])
+            state.baseline = {**(state.baseline or {}), **{k: v for k, v in base.items() if k != "examples"}}
+            return samples
 
 
 def _prompts(bundle, n: int) -> list[str]:

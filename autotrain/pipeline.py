@@ -288,7 +288,7 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
     first_rung = plan.search.min_steps if plan.search else plan.final_steps
     steps = max(1, min(3, first_rung - 1))
     probed = probe(plan.trial, bundle, _first_hparams(plan), warmup=1 if first_rung > 1 else 0, steps=steps,
-                   eval_examples=min(64, len(bundle.splits["validation"])), baseline=plan.trial.task == "generation",
+                   eval_examples=min(64, len(bundle.splits["validation"])), baseline=plan.trial.task != "classification",
                    factory=_trial_factory(trial_factory), scratch=str(out))
     n_trials = 1 if opts.no_search else (opts.search_trials or DEFAULT_SEARCH_TRIALS)
     settings = BudgetSettings(final_steps_wanted=plan.final_steps, n_val=len(bundle.splits["validation"]),

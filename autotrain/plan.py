@@ -40,6 +40,7 @@ class TrialSpec:
     trust_remote_code: bool = False
     class_weights: tuple[float, ...] | None = None  # classification loss weights (autotrain/imbalance.py)
     packing: bool = False  # generation: whole examples packed into seq_len blocks (Trial._choose_packing)
+    target_len: int | None = None  # summarization/translation on an encoder-decoder: target tokens
 
     @property
     def effective_batch(self) -> int:
@@ -92,9 +93,10 @@ class RunPlan:
 
 
 def selection_metric(labels: list, task: str) -> tuple[str, bool]:
-    """(metric, higher is better): eval loss for generation; for classification accuracy, or
-    macro-F1 when the majority class holds 60% or more (accuracy rewards predicting it)."""
-    if task == "generation":
+    """(metric, higher is better): eval loss for the generative tasks (generation, summarization,
+    translation); for classification accuracy, or macro-F1 when the majority class holds 60% or
+    more (accuracy rewards predicting it)."""
+    if task != "classification":
         return "eval_loss", False
     if labels and Counter(labels).most_common(1)[0][1] / len(labels) >= 0.6:
         return "macro_f1", True
@@ -137,7 +139,8 @@ def make_plan(rec: Recommendation, opts: RunOptions, bundle, *, task: str, devic
                       optimizer=rec.optimizer, gradient_checkpointing=bool(rec.gradient_checkpointing),
                       max_eval_examples=opts.max_eval_examples, seed=opts.seed,
                       trust_remote_code=bool(opts.question.get("trust_remote_code")),
-                      packing=bool(opts.packing) and task == "generation")
+                      packing=bool(opts.packing) and task == "generation",
+                      target_len=int(rec.target_len) if rec.target_len else None)
     if task == "classification" and rec.class_weights == "balanced":   # the advisor's WEIGHT-* rules
         trial = replace(trial, class_weights=tuple(class_weights(bundle, "balanced")))
     n_train = len(bundle.splits["train"])

@@ -103,7 +103,7 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
         trial._encode("validation")  # every trial tokenises it before its first evaluation
         build_s = time.perf_counter() - t0
         base, eval_s, n_eval = None, None, 0
-        if baseline and trial.task == "generation":
+        if baseline and trial.task != "classification":
             t = time.perf_counter()
             base = trial.baseline_eval("test")  # the base model, before any step
             n_eval = int(base.get("examples") or 0)

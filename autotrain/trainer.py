@@ -215,7 +215,7 @@ class Trial:
                   optimizer=spec.optimizer, max_eval_examples=spec.max_eval_examples,
                   trust_remote_code=spec.trust_remote_code,
                   class_weights=list(spec.class_weights) if getattr(spec, "class_weights", None) else None,
-                  packing=bool(getattr(spec, "packing", False)))
+                  packing=bool(getattr(spec, "packing", False)), target_len=getattr(spec, "target_len", None))
         kw.update(schedule)
         return cls(spec.model, bundle, hparams=hparams, **kw)
 

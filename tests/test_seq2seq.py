@@ -323,3 +323,32 @@ def test_card_and_report_carry_text_metrics(tmp_path):
     write_report(tmp_path, rec, metrics, [], {"train": [], "validation": []}, None, "autoft run ...")
     report = (tmp_path / "report.md").read_text()
     assert "| chrf | 58 | 52.5 |" in report and "**Base model:** Hund." in report and "500 test examples" in report
+
+
+# -- autoft run, end to end -----------------------------------------------------------------------
+def test_autoft_run_translates_and_scores_against_the_base_model(tiny, tmp_path):
+    """A translation folder (en/de columns) through the whole pipeline on a tiny T5: a search on
+    eval loss, the final run, BLEU/chrF on the test split next to the base model, samples with
+    both outputs, the report's sample section."""
+    import torch
+
+    from autoft.autotrain.pipeline import RunOptions, run
+
+    torch.set_num_threads(2)
+    data = tmp_path / "data"
+    data.mkdir()
+    b = easy_seq2seq(n_train=48, n_eval=8)
+    for split, rows in b.splits.items():
+        write_jsonl(data / f"{split}.jsonl", [{"en": r["source"], "de": r["target"]} for r in rows])
+    rec = {"model": {"id": tiny["t5"]}, "technique": "full", "task": "translation", "batch_size": 8,
+           "gradient_accumulation_steps": 1, "seq_len": 16, "target_len": 8, "precision": "fp32",
+           "search_space": {"learning_rate": [3e-3, 6e-3]}}
+    res = run(RunOptions(data=str(data), recommendation=rec, output=str(tmp_path / "out"), search_trials=2,
+                         eta=2, min_steps=10, max_steps=40, eval_every=10, max_eval_examples=6))
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert res.plan.trial.target_len == 8 and m["task"] == "translation" and m["metric"] == "eval_loss"
+    assert m["test"]["generated_examples"] == 6 and m["baseline"]["chrf"] is not None
+    assert m["test"]["chrf"] > m["baseline"]["chrf"] + 20 and m["test"]["eval_loss"] < m["baseline"]["eval_loss"]
+    assert m["samples"] and {"source", "reference", "output", "base_output"} <= set(m["samples"][0])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**Base model:**" in report and "chrF" in report.replace("chrf", "chrF")

@@ -55,6 +55,7 @@ class Seq2SeqMapping:
     source_lang: str | None = None
     target_lang: str | None = None
     note: str | None = None                    # how the direction was decided, when it was guessed
+    label_columns: tuple[str, ...] = ()        # (Mapping's multi-label 0/1 columns: none here)
 
 
 def _lang_columns(columns: list[str]) -> dict[str, str]:
