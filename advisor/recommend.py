@@ -25,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from autoft.advisor import sharding
 from autoft.advisor.question import Question
 from autoft.advisor.rules_engine import Outcome, load_rules, nice
 from autoft.advisor.spec import TECHNIQUES, Estimate, Hardware, ModelSpec, TrainSetup
@@ -77,6 +78,10 @@ class Recommendation:
     warnings: list[str] = field(default_factory=list)
     question: dict = field(default_factory=dict)
     trust_remote_code: bool = False
+    # several processes (--gpus N, --processes N, --nnodes M): how they share the work (ddp or
+    # fsdp; None for one process); the estimate and batch size are then per GPU
+    strategy: str | None = None
+    world_size: int = 1
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -189,6 +194,7 @@ class _Plan:
     reasons: list[dict]
     search_space: dict
     effective: int = 0
+    strategy: str | None = None
 
 
 class _Advisor:
@@ -219,7 +225,15 @@ class _Advisor:
         self.memory = int(mem)
         self.budget = self.safety * self.memory
         self.device = "cpu" if self.kind == "cpu" else "cuda"
-        self.gpus = max(1, len(hw.gpus)) if self.kind == "gpu" else 1
+        # data-parallel processes in all; each GPU (or, on the CPU, its share of the RAM) holds one
+        self.world = q.processes * (q.nnodes or 1) if q.processes else (
+            max(1, len(hw.gpus)) * (q.nnodes or 1) if self.kind == "gpu" else q.nnodes or 1)
+        if self.kind == "cpu" and self.world > 1:
+            mem = mem / (q.processes or 1)  # the processes of one machine share its RAM
+            self.memory = int(mem)
+            self.budget = self.safety * self.memory
+        # (model id, technique) -> (strategy, its reason), decided by the `strategy` rules
+        self.strategies: dict[tuple[str, str], tuple[str, dict]] = {}
         g = hw.gpu
         self.base = {
             "task": self.task, "domain": q.domain, "language": q.language, "data_size": q.data_size,
@@ -229,6 +243,7 @@ class _Advisor:
             "gpu_bf16": bool(g.bf16) if g else False,
             "memory_gib": nice(self.memory / GIB), "budget_gib": nice(self.budget / GIB),
             "cpu_cores": hw.cpu_cores, "ram_gib": nice(hw.ram_bytes / GIB) if hw.ram_bytes else None,
+            "world_size": self.world,
         }
         self.seq_wanted, self.seq_reason = self._seq_wanted()
 
@@ -290,19 +305,52 @@ class _Advisor:
                             c["ckpt"] if ckpt is None else ckpt, c["optimizer"], c["lora_r"], c["targets"],
                             c["freeze"], self.q.num_labels, self.device)
 
+    def _strategy(self, spec: ModelSpec, technique: str) -> str | None:
+        return self.strategies.get((spec.id, technique), ("ddp", {}))[0] if self.world > 1 else None
+
     def _peak(self, spec: ModelSpec, setup: TrainSetup) -> Estimate:
-        return self.mem.estimate(spec, setup)
+        """Peak memory of one GPU (one process's share of the RAM on the CPU)."""
+        if self.world == 1:
+            return self.mem.estimate(spec, setup)
+        return sharding.per_gpu_estimate(spec, setup, self.world, self._strategy(spec, setup.technique))
 
     def _max_batch(self, spec: ModelSpec, setup: TrainSetup) -> int:
-        return self.mem.max_batch_size(spec, setup, self.memory, safety=self.safety, limit=MAX_BATCH_SEARCH)
+        return sharding.max_batch_size(spec, setup, self.world, self._strategy(spec, setup.technique) or "ddp",
+                                       self.memory, safety=self.safety, limit=MAX_BATCH_SEARCH)
+
+    def choose_strategy(self, spec: ModelSpec, setup: TrainSetup) -> None:
+        """Several processes: estimate DDP and FSDP per GPU for `setup` (micro-batch 1) and let the
+        `strategy` rules (or --strategy) choose; remembered for this model and technique."""
+        q, key = self.q, (spec.id, setup.technique)
+        ddp = sharding.per_gpu_estimate(spec, setup, self.world, "ddp")
+        refused = sharding.fsdp_refusal(setup)
+        fsdp = None if refused else sharding.per_gpu_estimate(spec, setup, self.world, "fsdp")
+        facts = {**self.base, "technique": setup.technique, "fits_ddp": ddp.peak_bytes <= self.budget,
+                 "fits_fsdp": fsdp is not None and fsdp.peak_bytes <= self.budget,
+                 "ddp_gib": round(ddp.peak_gib, 2), "fsdp_gib": round(fsdp.peak_gib, 2) if fsdp else None,
+                 "fsdp_refused": refused}
+        if q.strategy:
+            if q.strategy == "fsdp" and refused:  # this technique is out (an error if you chose it)
+                raise AutoftError(refused, "pass --strategy ddp, or another --technique")
+            self.strategies[key] = (q.strategy, _reason("OVERRIDE", f"strategy {q.strategy} (you set it)"))
+            return
+        out = self.rules.run("strategy", facts)
+        if q.technique == setup.technique:
+            self.warnings += [f"{w.rule.id}: " + w.reason()["because"] for w in out.warnings]
+        self.strategies[key] = (out.get("strategy", "ddp"), out.by["strategy"].reason())
 
     def min_peak(self, spec: ModelSpec, technique: str, c: dict) -> Estimate | None:
         """Lowest peak of a technique: batch 1, checkpointing on unless the user turned it off.
         None when the technique cannot run here at all (the estimator refuses, e.g. QLoRA on CPU)."""
         ckpt = self.q.gradient_checkpointing is not False
+        setup = self._setup(technique, c, 1, ckpt=ckpt)
         try:
-            return self._peak(spec, self._setup(technique, c, 1, ckpt=ckpt))
+            if self.world > 1:
+                self.choose_strategy(spec, setup)
+            return self._peak(spec, setup)
         except AutoftError:
+            if self.q.strategy and self.q.technique == technique:
+                raise
             return None
 
     # -- a full plan ----------------------------------------------------------------------------------
@@ -349,7 +397,7 @@ class _Advisor:
         if q.gradient_accumulation_steps:
             acc = q.gradient_accumulation_steps
         else:
-            acc = max(1, math.ceil(eff_lo / (batch * self.gpus)))
+            acc = max(1, math.ceil(eff_lo / (batch * self.world)))
             reasons += out.reason_for("effective_batch")
         setup = self._setup(technique, c, batch, ckpt=ckpt)
         est = self._peak(spec, setup)
@@ -371,10 +419,13 @@ class _Advisor:
             reasons += out.reason_for("freeze_fraction") if q.freeze_layers is None else [
                 _reason("OVERRIDE", f"{q.freeze_layers} bottom layers frozen (you set it)")]
         reasons += out.reason_for("lr_range")
+        strategy = self._strategy(spec, technique)
+        if strategy:
+            reasons.append(self.strategies[(spec.id, technique)][1])
         space = self._search_space(technique, v)
         return _Plan(spec=spec, technique=technique, setup=setup, outcome=out, est=est, fits=fits,
                      max_batch=max_b, accumulation=acc, lora=lora, reasons=reasons, search_space=space,
-                     effective=batch * acc * self.gpus)
+                     effective=batch * acc * self.world, strategy=strategy)
 
     @staticmethod
     def _search_space(technique: str, v: dict) -> dict:
@@ -611,7 +662,7 @@ class _Advisor:
             "gradient_checkpointing": p.setup.gradient_checkpointing, "optimizer": p.setup.optimizer,
             "lora": p.lora, "freeze_layers": p.setup.freeze_layers if p.technique == "freeze" else None,
             "estimate": _est_dict(p.est), "fits": p.fits, "max_batch_size": p.max_batch,
-            "search_space": p.search_space, "note": note,
+            "search_space": p.search_space, "strategy": p.strategy, "note": note,
         }
 
     def _recommendation(self, p: _Plan, reasons: list[dict], alts: list[dict]) -> Recommendation:
@@ -625,7 +676,8 @@ class _Advisor:
             safety=self.safety, max_batch_size=p.max_batch, gpu=_gpu_summary(self.hw),
             reasons=reasons, alternatives=alts, search_space=p.search_space, task=self.task,
             num_labels=self.q.num_labels, warnings=list(dict.fromkeys(self.warnings)),
-            question=self.q.to_dict(), trust_remote_code=self.q.trust_remote_code)
+            question=self.q.to_dict(), trust_remote_code=self.q.trust_remote_code, strategy=p.strategy,
+            world_size=self.world)
 
 
 def _est_dict(est: Estimate) -> dict:

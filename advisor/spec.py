@@ -20,6 +20,7 @@ TECHNIQUES: tuple[str, ...] = ("full", "freeze", "lora", "qlora")
 PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw-8bit", "paged-adamw-8bit")
 TASKS: tuple[str, ...] = ("classification", "generation")
+STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")  # data parallelism over several processes
 
 
 # One wording for the checks that Question, TrainSetup, RunOptions, SearchSettings and the Trial
