@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import threading
 import uuid
 from contextlib import contextmanager
@@ -140,9 +141,9 @@ def _launch(dist: DistPlan, d: Path, cuda: bool, logs: str = "logs") -> None:
 def failure_line(failures: dict, world: int) -> str:
     """One line for the failed worker that caused the others' failures: a killed process or a
     worker's own error before the "connection closed" errors its death caused in the others."""
-    def key(item):  # not a follower, killed before failed, earliest, lowest rank
+    def key(item):  # not a follower (a closed connection, the launcher's own SIGTERM), killed, earliest
         rank, f = item
-        return (_message(f).startswith(PEER), f.exitcode >= 0, f.timestamp, rank)
+        return (_message(f).startswith(PEER), f.exitcode == -signal.SIGTERM, f.exitcode >= 0, f.timestamp, rank)
 
     rank, f = min(failures.items(), key=key)
     if f.exitcode < 0:
@@ -173,15 +174,13 @@ def _quiet_launcher():
     if os.environ.get("AUTOFT_DEBUG", "") not in ("", "0"):
         yield
         return
-    lg = logging.getLogger("torch.distributed")
-    handler, old = logging.NullHandler(), lg.propagate
-    lg.addHandler(handler)
-    lg.propagate = False
+    lg = logging.getLogger("torch.distributed")  # torch gives it its own stderr handler
+    handlers, propagate = lg.handlers[:], lg.propagate
+    lg.handlers, lg.propagate = [logging.NullHandler()], False
     try:
         yield
     finally:
-        lg.removeHandler(handler)
-        lg.propagate = old
+        lg.handlers, lg.propagate = handlers, propagate
 
 
 @contextmanager
