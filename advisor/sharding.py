@@ -127,7 +127,12 @@ def per_gpu_estimate(spec: ModelSpec, setup: TrainSetup, world: int, strategy: s
         u = _units(spec, setup)
         g = 4 if on_cpu else 2  # bytes of a gathered parameter: the 16-bit compute dtype
         reduce = 0 if g == 4 or not mixed else 4  # fp32 copy of the unit's gradient to reduce-scatter
-        gathered = (u["root"] + u["max_unit"] + s.prefetch_units * u["block"]) * g
+        block = u["block"] * g
+        if setup.technique == "qlora":  # 4-bit blocks travel packed (dequantised one weight at a time)
+            lin = sum(i * o for _, i, o in memory.layer_linears(spec))
+            block = lin * c.nf4_bytes_per_param + (u["block"] - lin) * g
+        largest = max(block, u["embed"] * g, u["out"] * g)
+        gathered = u["root"] * g + largest + s.prefetch_units * block
         unit_grads = u["max_unit_train"] * (g + reduce)
         out = {"frozen_weights": bd["frozen_weights"] / world, "trainable_weights": master / world,
                "gradients": bd["gradients"] / world, "optimizer_states": bd["optimizer_states"] / world,

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import threading
 import uuid
@@ -41,6 +42,7 @@ from autoft.errors import AutoftError
 LAUNCH_FILE, EVENTS_FILE, RESULT_FILE, STOP_FILE = "launch.json", "events.jsonl", "result.json", "stop"
 # how a worker marks an error that only follows another process's death (a closed connection)
 PEER = "[peer] "
+RDZV_TIMEOUT_S = 900  # how long the processes of one machine wait for the others (the launcher's default)
 
 
 def launch_final(plan: RunPlan, opts: RunOptions, out: Path, progress: Progress, config: dict,
@@ -69,21 +71,34 @@ def launch_final(plan: RunPlan, opts: RunOptions, out: Path, progress: Progress,
     return FinalResult(**json.loads((d / RESULT_FILE).read_text(encoding="utf-8")))
 
 
-def join(opts: RunOptions, out: Path) -> None:
-    """A machine other than 0 (--node-rank R > 0): start its processes for machine 0's final run;
-    they read the plan from the shared output folder once the rendezvous is complete."""
+def join(opts: RunOptions, out: Path, say=lambda text: None, poll_s: float = 2.0) -> None:
+    """A machine other than 0 (--node-rank R > 0): wait for machine 0's plan (it advises and
+    searches first, which may take hours, longer than a rendezvous waits), then start this
+    machine's processes; they read the plan from the shared output folder. Nothing is written to
+    the output folder from here: machine 0 owns it (and refuses a non-empty one); this machine's
+    logs go to a local temporary folder."""
+    import tempfile
+    import time
+
+    import torch
+
+    plan, started = out / DIST_DIR / LAUNCH_FILE, time.time()
+    say(f"machine {opts.node_rank}: waiting for machine 0's final-run plan ({plan})")
+    # a plan written before this machine started counts while machine 0 may still be waiting at
+    # the rendezvous (LaunchConfig's default timeout, 900 s)
+    while not (plan.is_file() and plan.stat().st_mtime >= started - RDZV_TIMEOUT_S):
+        time.sleep(poll_s)
+
     q = opts.question or {}
-    d = out / DIST_DIR
-    d.mkdir(parents=True, exist_ok=True)
     per_node = int(q.get("processes") or q.get("gpus") or 1)
     dist = DistPlan(nproc_per_node=per_node, nnodes=int(q.get("nnodes") or 1), node_rank=opts.node_rank,
                     rdzv_endpoint=opts.rdzv_endpoint)
-    import torch
-
+    logs = Path(tempfile.mkdtemp(prefix=f"autoft-node{opts.node_rank}-"))
     try:
-        _launch(dist, d, cuda=torch.cuda.is_available() and q.get("gpu") != "cpu", logs=f"logs-node{opts.node_rank}")
+        _launch(dist, out / DIST_DIR, cuda=torch.cuda.is_available() and q.get("gpu") != "cpu", logs=logs)
     except _Failed as failed:
-        raise AutoftError(failed.line, f"see the logs in {d}; machine 0 reports the run's outcome") from None
+        raise AutoftError(failed.line, f"see the logs in {logs}; machine 0 reports the run's outcome") from None
+    shutil.rmtree(logs, ignore_errors=True)
 
 
 def _prepare(out: Path, plan: RunPlan) -> Path:
@@ -104,7 +119,7 @@ class _Failed(Exception):
         self.line = line
 
 
-def _launch(dist: DistPlan, d: Path, cuda: bool, logs: str = "logs") -> None:
+def _launch(dist: DistPlan, d: Path, cuda: bool, logs: str | Path = "logs") -> None:
     """torch.distributed's elastic launch of the workers; raises _Failed with one line when one
     of them fails, KeyboardInterrupt on Ctrl-C (the launcher has stopped them either way)."""
     import sys
@@ -123,7 +138,7 @@ def _launch(dist: DistPlan, d: Path, cuda: bool, logs: str = "logs") -> None:
         # hosts a static rendezvous at --rdzv-endpoint and --node-rank orders the machines
         rdzv_backend="c10d" if single else "static",
         rdzv_endpoint="127.0.0.1:0" if single else dist.rdzv_endpoint,
-        rdzv_configs={} if single else {"rank": dist.node_rank},
+        rdzv_configs={"timeout": RDZV_TIMEOUT_S} if single else {"rank": dist.node_rank, "timeout": RDZV_TIMEOUT_S},
         local_addr="127.0.0.1" if single else None,
         max_restarts=0, monitor_interval=0.2, start_method="spawn", shutdown_timeout=10,
         # workers' own output goes to one log file per rank; what the user sees is this process's

@@ -389,6 +389,44 @@ def test_a_killed_process_ends_the_run_with_one_line_and_resume_continues(tmp_pa
     assert (out / "adapter_model.safetensors").is_file() and not (out / "final-best").exists()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_machines_meet_at_the_rendezvous_endpoint(tmp_path):
+    """--nnodes 2 with one process each, both "machines" on this one: machine 0 advises, plans and
+    writes; machine 1 (--node-rank 1) only starts its process, which reads machine 0's plan from
+    the shared output folder. The run trains as 2 processes and machine 0 writes the outputs."""
+    pytest.importorskip("torch")
+    data, model = _generation_data(tmp_path)
+    out = tmp_path / "out"
+    common = ["run", "--data", str(data), "--model", model, "--technique", "lora", "--seq-len", "32", "--batch-size",
+              "2", "--no-search", "--max-steps", "4", "--eval-every", "2", "--gpu", "cpu", "--processes", "1",
+              "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--output", str(out), "--yes"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "autoft", *common, "--node-rank", str(r)], cwd=str(ROOT), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        rcs = [p.wait(timeout=600) for p in procs]
+        errs = [p.stderr.read() for p in procs]
+        assert rcs == [0, 0], errs
+        assert "waiting for machine 0's final-run plan" in errs[1]
+        assert "machine 1: its training processes finished" in errs[1]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["processes"] == 2 and m["effective_batch"] == m["batch_size"] * m["grad_accum"] * 2
+    assert (out / "adapter_model.safetensors").is_file()
+
+
 # -- two CUDA devices (skipped here) ---------------------------------------------------------------
 
 def _cuda_devices() -> int:

@@ -143,7 +143,7 @@ def run(args) -> int:
 
             raise AutoftError("--node-rank > 0 needs the output folder machine 0 writes to",
                               "pass the same --output (or --resume) as on machine 0, on shared storage")
-        join(opts, Path(out))
+        join(opts, Path(out), say=lambda text: print(text, file=sys.stderr))
         print(f"machine {opts.node_rank}: its training processes finished; machine 0 writes the outputs "
               f"to {out}", file=sys.stderr)
         return 0
