@@ -58,8 +58,6 @@ def launch_final(plan: RunPlan, opts: RunOptions, out: Path, progress: Progress,
     tail.start()
     try:
         _launch(plan.dist, d, cuda=plan.trial.device.startswith("cuda"))
-    except KeyboardInterrupt:
-        raise
     except _Failed as failed:
         tail.finish()
         if tail.interrupt is not None:  # a listener stopped the run: say so the way it asked
@@ -151,6 +149,10 @@ def _launch(dist: DistPlan, d: Path, cuda: bool, logs: str | Path = "logs") -> N
             raise _Failed(failure_line(err.failures, dist.world)) from None
         except SignalException:
             raise KeyboardInterrupt from None
+        except Exception as err:  # noqa: BLE001  (the rendezvous: a timeout, an unreachable endpoint)
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise _Failed(f"the launcher could not run the {dist.world} training processes: "
+                          f"{type(err).__name__}: {first}") from None
 
 
 def failure_line(failures: dict, world: int) -> str:
