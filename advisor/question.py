@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from autoft.advisor.spec import (OPTIMIZERS, PRECISIONS, SEQ2SEQ_TASKS, TASKS,  # noqa: F401  (re-exported)
+from autoft.advisor.spec import (OPTIMIZERS, PRECISIONS, SEQ2SEQ_TASKS, STRATEGIES, TASKS,  # noqa: F401
                                  TECHNIQUES, check_at_least, check_choice)
 from autoft.errors import AutoftError
 
@@ -63,8 +63,13 @@ class Question:
                   group="hardware")
     gpu_memory: str | None = _f(None, "plan for a GPU with this much memory, e.g. 24GiB (overrides "
                                 "the probed or named GPU's memory)", metavar="SIZE", group="hardware")
-    gpus: int = _f(1, "number of GPUs to plan for (data parallel; memory is per GPU)", metavar="N",
-                   group="hardware")
+    gpus: int = _f(1, "GPUs per machine to plan for and train on: N > 1 trains with N processes (DDP, or "
+                   "FSDP when only the sharded plan fits; memory is per GPU)", metavar="N", group="hardware")
+    processes: int | None = _f(None, "training processes per machine (data parallel) on what --gpu says: with "
+                               "--gpu cpu, N CPU processes on gloo; on GPUs the default is --gpus", metavar="N",
+                               group="hardware")
+    nnodes: int = _f(1, "machines with --gpus GPUs each (autoft run: also --node-rank and --rdzv-endpoint); "
+                     "FSDP shards over all of their processes", metavar="M", group="hardware")
     # -- choices the user may fix (None: the advisor decides) ----------------------------------
     model: str | None = _f(None, "model to fine-tune: a Hub id, a local folder, a config.json or a "
                            ".gguf file", metavar="ID|PATH", group="override")
@@ -77,6 +82,8 @@ class Question:
                              group="override")
     precision: str | None = _f(None, "bf16, fp16 or fp32 (fp32 on the CPU)", choices=PRECISIONS,
                                group="override")
+    strategy: str | None = _f(None, "with several processes: ddp (a full replica per GPU) or fsdp (weights, "
+                              "gradients and optimizer states sharded)", choices=STRATEGIES, group="override")
     gradient_checkpointing: bool | None = _f(None, "recompute activations in the backward pass "
                                              "(saves memory, costs about 30%% more time)",
                                              group="override")
@@ -100,10 +107,12 @@ class Question:
                                  group="override")
 
     def __post_init__(self) -> None:
-        for name in ("data_size", "batch_size", "gradient_accumulation_steps", "seq_len", "lora_rank", "gpus"):
+        for name in ("data_size", "batch_size", "gradient_accumulation_steps", "seq_len", "lora_rank", "gpus",
+                     "processes", "nnodes"):
             check_at_least("--" + name.replace("_", "-"), getattr(self, name), 0 if name == "data_size" else 1)
         for name, choices in (("task", TASKS), ("technique", TECHNIQUES), ("precision", PRECISIONS),
-                              ("optimizer", OPTIMIZERS), ("class weights", CLASS_WEIGHTS), ("metric", METRICS)):
+                              ("optimizer", OPTIMIZERS), ("class weights", CLASS_WEIGHTS), ("metric", METRICS),
+                              ("strategy", STRATEGIES)):
             attr = name.replace(" ", "_")
             if getattr(self, attr) is not None:
                 check_choice(name, getattr(self, attr), choices)
@@ -119,6 +128,12 @@ class Question:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def world_size(self, kind: str) -> int:
+        """Training processes in all on `kind` hardware ("gpu" or "cpu"): per machine (--processes,
+        else --gpus on GPUs, else 1) x machines."""
+        per_node = self.processes or (self.gpus if kind == "gpu" else 1)
+        return per_node * (self.nnodes or 1)
 
     @classmethod
     def field_help(cls) -> dict[str, dict]:

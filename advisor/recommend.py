@@ -25,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from autoft.advisor import sharding
 from autoft.advisor.question import Question
 from autoft.advisor.rules_engine import Outcome, load_rules, nice
 from autoft.advisor.spec import SEQ2SEQ_TASKS, TECHNIQUES, Estimate, Hardware, ModelSpec, TrainSetup
@@ -92,6 +93,10 @@ class Recommendation:
     metric: str | None = None  # validation metric the search ranks by (a key of Trial.evaluate())
     metric_higher_is_better: bool = True
     trust_remote_code: bool = False
+    # several processes (--gpus N, --processes N, --nnodes M): how they share the work (ddp or
+    # fsdp; None for one process); the estimate and batch size are then per GPU
+    strategy: str | None = None
+    world_size: int = 1
     schema_version: int = SCHEMA_VERSION
     # predicted speed of this setting (advisor/speed.py): examples_per_s, step_s, epoch_s,
     # tokens_per_example, how it was assumed, the efficiency assumed and its source; None when
@@ -222,6 +227,7 @@ class _Plan:
     search_space: dict
     effective: int = 0
     speed: Any = None  # speed.SpeedPrediction of this setting, or None
+    strategy: str | None = None
 
 
 class _Advisor:
@@ -259,7 +265,15 @@ class _Advisor:
         self.memory = int(mem)
         self.budget = self.safety * self.memory
         self.device = "cpu" if self.kind == "cpu" else "cuda"
-        self.gpus = max(1, len(hw.gpus)) if self.kind == "gpu" else 1
+        # data-parallel processes in all; each GPU (or, on the CPU, its share of the RAM) holds one
+        self.world = q.processes * (q.nnodes or 1) if q.processes else (
+            max(1, len(hw.gpus)) * (q.nnodes or 1) if self.kind == "gpu" else q.nnodes or 1)
+        if self.kind == "cpu" and self.world > 1:
+            mem = mem / (q.processes or 1)  # the processes of one machine share its RAM
+            self.memory = int(mem)
+            self.budget = self.safety * self.memory
+        # (model id, technique) -> (strategy, its reason), decided by the `strategy` rules
+        self.strategies: dict[tuple[str, str], tuple[str, dict]] = {}
         g = hw.gpu
         language = q.source_lang if self.task == "translation" else q.language
         self.base = {
@@ -274,6 +288,7 @@ class _Advisor:
             "cpu_cores": hw.cpu_cores, "ram_gib": nice(hw.ram_bytes / GIB) if hw.ram_bytes else None,
             "imbalance_ratio": q.imbalance_ratio, "majority_share": q.majority_share,
             "multi_label": q.multi_label,
+            "world_size": self.world,
         }
         self.seq_wanted, self.seq_reason = self._seq_wanted()
         self.target_wanted, self.target_reason = self._target_wanted()
@@ -370,19 +385,52 @@ class _Advisor:
                             c["ckpt"] if ckpt is None else ckpt, c["optimizer"], c["lora_r"], c["targets"],
                             c["freeze"], self.q.num_labels, self.device, target_len=c.get("target_len"))
 
+    def _strategy(self, spec: ModelSpec, technique: str) -> str | None:
+        return self.strategies.get((spec.id, technique), ("ddp", {}))[0] if self.world > 1 else None
+
     def _peak(self, spec: ModelSpec, setup: TrainSetup) -> Estimate:
-        return self.mem.estimate(spec, setup)
+        """Peak memory of one GPU (one process's share of the RAM on the CPU)."""
+        if self.world == 1:
+            return self.mem.estimate(spec, setup)
+        return sharding.per_gpu_estimate(spec, setup, self.world, self._strategy(spec, setup.technique))
 
     def _max_batch(self, spec: ModelSpec, setup: TrainSetup) -> int:
-        return self.mem.max_batch_size(spec, setup, self.memory, safety=self.safety, limit=MAX_BATCH_SEARCH)
+        return sharding.max_batch_size(spec, setup, self.world, self._strategy(spec, setup.technique) or "ddp",
+                                       self.memory, safety=self.safety, limit=MAX_BATCH_SEARCH)
+
+    def choose_strategy(self, spec: ModelSpec, setup: TrainSetup) -> None:
+        """Several processes: estimate DDP and FSDP per GPU for `setup` (micro-batch 1) and let the
+        `strategy` rules (or --strategy) choose; remembered for this model and technique."""
+        q, key = self.q, (spec.id, setup.technique)
+        ddp = sharding.per_gpu_estimate(spec, setup, self.world, "ddp")
+        refused = sharding.fsdp_refusal(setup)
+        fsdp = None if refused else sharding.per_gpu_estimate(spec, setup, self.world, "fsdp")
+        facts = {**self.base, "technique": setup.technique, "fits_ddp": ddp.peak_bytes <= self.budget,
+                 "fits_fsdp": fsdp is not None and fsdp.peak_bytes <= self.budget,
+                 "ddp_gib": round(ddp.peak_gib, 2), "fsdp_gib": round(fsdp.peak_gib, 2) if fsdp else None,
+                 "fsdp_refused": refused}
+        if q.strategy:
+            if q.strategy == "fsdp" and refused:  # this technique is out (an error if you chose it)
+                raise AutoftError(refused, "pass --strategy ddp, or another --technique")
+            self.strategies[key] = (q.strategy, _reason("OVERRIDE", f"strategy {q.strategy} (you set it)"))
+            return
+        out = self.rules.run("strategy", facts)
+        if q.technique == setup.technique:
+            self.warnings += [f"{w.rule.id}: " + w.reason()["because"] for w in out.warnings]
+        self.strategies[key] = (out.get("strategy", "ddp"), out.by["strategy"].reason())
 
     def min_peak(self, spec: ModelSpec, technique: str, c: dict) -> Estimate | None:
         """Lowest peak of a technique: batch 1, checkpointing on unless the user turned it off.
         None when the technique cannot run here at all (the estimator refuses, e.g. QLoRA on CPU)."""
         ckpt = self.q.gradient_checkpointing is not False
+        setup = self._setup(technique, c, 1, ckpt=ckpt)
         try:
-            return self._peak(spec, self._setup(technique, c, 1, ckpt=ckpt))
+            if self.world > 1:
+                self.choose_strategy(spec, setup)
+            return self._peak(spec, setup)
         except AutoftError:
+            if self.q.strategy and self.q.technique == technique:
+                raise
             return None
 
     # -- a full plan ----------------------------------------------------------------------------------
@@ -420,7 +468,7 @@ class _Advisor:
         if q.gradient_accumulation_steps:
             acc = q.gradient_accumulation_steps
         else:
-            acc = max(1, math.ceil(eff_lo / (batch * self.gpus)))
+            acc = max(1, math.ceil(eff_lo / (batch * self.world)))
             reasons += out.reason_for("effective_batch")
         setup = self._setup(technique, c, batch, ckpt=ckpt)
         est = self._peak(spec, setup)
@@ -443,10 +491,14 @@ class _Advisor:
                 _reason("OVERRIDE", f"{q.freeze_layers} bottom layers frozen (you set it)")]
         reasons += out.reason_for("lr_range")
         reasons += out.reason_for("search_model_dropout")
+        strategy = self._strategy(spec, technique)
+        if strategy:
+            reasons.append(self.strategies[(spec.id, technique)][1])
         space = self._search_space(technique, v)
         return _Plan(spec=spec, technique=technique, setup=setup, outcome=out, est=est, fits=fits,
                      max_batch=max_b, accumulation=acc, lora=lora, reasons=reasons, search_space=space,
-                     effective=batch * acc * self.gpus, speed=self._speed(spec, setup, acc))
+                     effective=batch * acc * self.world, speed=self._speed(spec, setup, acc),
+                     strategy=strategy)
 
     def _batch_and_ckpt(self, spec: ModelSpec, technique: str, out: Outcome, c: dict, ckpt: bool, cap: int,
                         cap_by: str, eff_lo: int, reasons: list[dict]) -> tuple[int, bool, int, list[dict]]:
@@ -487,7 +539,7 @@ class _Advisor:
         from autoft.advisor import speed
 
         return speed.predict(spec, setup, acc, self.hw, mean_tokens=self.q.seq_len_mean,
-                             data_size=self.q.data_size, gpus=self.gpus)
+                             data_size=self.q.data_size, gpus=self.world)
 
     def _fastest(self, spec: ModelSpec, technique: str, c: dict, ckpt: bool, ckpt_fixed: bool, cap: int,
                  eff_lo: int, margin: float) -> dict | None:
@@ -507,7 +559,7 @@ class _Advisor:
                 setup = self._setup(technique, c, b, ckpt=ck)
                 if self._peak(spec, setup).peak_bytes > self.budget:
                     continue
-                acc = q.gradient_accumulation_steps or max(1, math.ceil(eff_lo / (b * self.gpus)))
+                acc = q.gradient_accumulation_steps or max(1, math.ceil(eff_lo / (b * self.world)))
                 pred = self._speed(spec, setup, acc)
                 if pred is None:
                     return None
@@ -792,7 +844,7 @@ class _Advisor:
             "gradient_checkpointing": p.setup.gradient_checkpointing, "optimizer": p.setup.optimizer,
             "lora": p.lora, "freeze_layers": p.setup.freeze_layers if p.technique == "freeze" else None,
             "estimate": _est_dict(p.est), "fits": p.fits, "max_batch_size": p.max_batch,
-            "search_space": p.search_space, "note": note,
+            "search_space": p.search_space, "strategy": p.strategy, "note": note,
             "speed": p.speed.to_dict() if p.speed is not None else None,
         }
 
@@ -807,8 +859,8 @@ class _Advisor:
             safety=self.safety, max_batch_size=p.max_batch, gpu=_gpu_summary(self.hw),
             reasons=reasons, alternatives=alts, search_space=p.search_space, task=self.task,
             num_labels=self.q.num_labels, warnings=list(dict.fromkeys(self.warnings)),
-            question=self.q.to_dict(), trust_remote_code=self.q.trust_remote_code,
-            speed=p.speed.to_dict() if p.speed is not None else None,
+            question=self.q.to_dict(), trust_remote_code=self.q.trust_remote_code, strategy=p.strategy,
+            world_size=self.world, speed=p.speed.to_dict() if p.speed is not None else None,
             target_len=p.setup.target_len if p.spec.family == "encoder-decoder" else self.target_wanted)
 
 

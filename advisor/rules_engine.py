@@ -11,10 +11,12 @@ and compiled to closures (never `eval`):
 An unknown fact (None) makes every ordering comparison and `in` false (so `data_size < 1000` does
 not fire when the data size is unknown); `==`/`!=` compare with none normally.
 
-Rules run in three stages (docs in rules/README.md); a rule's stage follows from its effects:
+Rules run in four stages (docs in rules/README.md); a rule's stage follows from its effects:
   model      one candidate model:         reject, score
   setup      one (model, technique) pair: precision, optimizer, lr_range, lora_*, batch targets, ...
   technique  one model, after fit checks: forbid_technique, prefer_technique
+  strategy   one (model, technique) pair on several GPUs/processes, after the per-GPU fit checks:
+             strategy (ddp or fsdp)
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from typing import Any, Callable
 from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TECHNIQUES
 from autoft.errors import AutoftError
 
-STAGES = ("model", "setup", "technique")
+STAGES = ("model", "setup", "technique", "strategy")
 
 
 class RuleError(AutoftError):
@@ -93,6 +95,8 @@ EFFECTS: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "forbid_technique": ("technique", _check_techniques, "techniques never chosen for this model"),
     "prefer_technique": ("technique", _check_techniques,
                          "techniques to try first, in order (the first that fits wins)"),
+    "strategy": ("strategy", lambda v: v in ("ddp", "fsdp"),
+                 "ddp (a full replica per GPU) | fsdp (weights, gradients and optimizer states sharded)"),
     "warn": ("any", lambda v: v is True, "show `because` as a warning (true)"),
 }
 

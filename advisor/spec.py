@@ -24,6 +24,7 @@ TASKS: tuple[str, ...] = ("classification", "generation", "summarization", "tran
 # encoder and writes the target with its decoder; a decoder reads both as one instruction prompt.
 SEQ2SEQ_TASKS: tuple[str, ...] = ("summarization", "translation")
 FAMILIES: tuple[str, ...] = ("encoder", "decoder", "encoder-decoder")
+STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")  # data parallelism over several processes
 
 
 # One wording for the checks that Question, TrainSetup, RunOptions, SearchSettings and the Trial

@@ -4,6 +4,7 @@ search and the pipeline use the trainer's files without knowing how the trainer 
     out/checkpoints/trial-003/rung-1/   a search trial after a rung (the winner's last one is kept
                                         for the final run to continue)
     out/final-best/                     the final run's last best checkpoint + final-state.json
+    out/distributed/                    a distributed final run's launch.json, events, logs
 A checkpoint is complete once its `trial.json` exists: the trainer writes it last.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ SEARCH_DIR = "checkpoints"
 FINAL_DIR = "final-best"
 FINAL_STATE = "final-state.json"
 TRIAL_META = "trial.json"  # written last by Trial.save_checkpoint
+DIST_DIR = "distributed"  # a distributed final run's launch file, rank 0's events and result, logs
 
 
 class TrialDiverged(RuntimeError):

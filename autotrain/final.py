@@ -79,10 +79,12 @@ class FinalResult:
 
 class FinalRun:
     """`keeper` (a `budget.Keeper`) holds the run to a time budget: it may shorten the final run
-    before it starts and at each validation pass."""
+    before it starts and at each validation pass. `main`: this process writes the run's files (one
+    process, or rank 0 of a distributed final run, where every process runs the same FinalRun and
+    the trial gathers and writes its own)."""
 
     def __init__(self, plan: RunPlan, bundle: Any, out: Path, progress: Progress, trial_factory: Any = None,
-                 keeper: Any = None):
+                 keeper: Any = None, main: bool = True):
         if trial_factory is None:
             from autoft.autotrain.trainer import Trial as trial_factory  # noqa: N813  (torch, on first use)
         self.plan, self.bundle, self.out, self.progress, self.factory = plan, bundle, out, progress, trial_factory
@@ -90,6 +92,7 @@ class FinalRun:
         self.best_dir = out / checkpoints.FINAL_DIR
         self.total = plan.final_steps  # optimizer steps to train to (a time budget may lower it)
         self.config: dict = {}
+        self.main = main
 
     def run(self, config: dict, start: Start | None = None, resume: bool = False,
             baseline: dict | None = None) -> FinalResult:
@@ -111,7 +114,7 @@ class FinalRun:
             finished = True
         finally:
             trial.close()
-            if finished:  # otherwise they stay for --resume
+            if finished and self.main:  # otherwise they stay for --resume
                 shutil.rmtree(self.best_dir, ignore_errors=True)
                 checkpoints.drop_search(self.out)  # the search winner's
         return result
@@ -125,7 +128,8 @@ class FinalRun:
             self.progress.emit("stage", name="final", detail=f"resuming at step {state.best_step} of "
                                f"{total} (the last best checkpoint), lr {lr:.3g}, linear decay")
             return self.factory.load_checkpoint(self.best_dir, self.bundle, device=plan.trial.device), state
-        shutil.rmtree(self.best_dir, ignore_errors=True)  # a stale one from another configuration
+        if self.main:
+            shutil.rmtree(self.best_dir, ignore_errors=True)  # a stale one from another configuration
         state = FinalState(history={"train": [], "validation": [], "eval_every": plan.eval_every,
                                     "start_step": identity["continued_from_step"]}, baseline=baseline)
         if start is None:
@@ -217,9 +221,11 @@ class FinalRun:
         """Checkpoint at a new best. The state file is written last, after the checkpoint is
         complete, and removed first: a kill mid-save leaves no state, so --resume then starts the
         final run over instead of reading a half-written checkpoint."""
-        (self.best_dir / checkpoints.FINAL_STATE).unlink(missing_ok=True)
+        if self.main:
+            (self.best_dir / checkpoints.FINAL_STATE).unlink(missing_ok=True)
         trial.save_checkpoint(self.best_dir)
-        write_json(self.best_dir / checkpoints.FINAL_STATE, {**identity, **asdict(state)})
+        if self.main:
+            write_json(self.best_dir / checkpoints.FINAL_STATE, {**identity, **asdict(state)})
 
     # -- finish ---------------------------------------------------------------------------------
     def _finish(self, trial, state: FinalState, stopped: bool, from_step: int) -> FinalResult:

@@ -109,6 +109,13 @@ class RunOptions:
                                        "tensorboard (default when installed), mlflow, wandb, trackio (several "
                                        "allowed) or none; all local, under --output (W&B offline)",
                                        metavar="NAME", kind="names", group="output")
+    # several machines (--nnodes M with the advisor's flags): passed to torch.distributed.run
+    node_rank: int = _opt(0, "this machine's rank, 0 .. --nnodes - 1; machine 0 runs the advisor and the search, "
+                          "writes the outputs and hosts the rendezvous (default 0)", metavar="R", kind="int",
+                          group="distributed")
+    rdzv_endpoint: str | None = _opt(None, "HOST:PORT of machine 0, the same on every machine (several "
+                                     "machines; the output folder and data must be on storage they share)",
+                                     metavar="HOST:PORT", group="distributed")
     # not flags: a recommendation to use as is (tests, benchmarks), and the device ("auto": CUDA
     # when there is one; the advisor's --gpu decides what is planned for)
     recommendation: dict | None = _opt(None, "a recommendation to use as is", kind="none")
@@ -133,6 +140,16 @@ class RunOptions:
             self.report_to = check_names(self.report_to)
         if self.resume and self.output and Path(self.output).resolve() != Path(self.resume).resolve():
             raise AutoftError("--output and --resume name different folders", "pass only --resume DIR")
+        nnodes = int((self.question or {}).get("nnodes") or 1)
+        check_at_least("--node-rank", self.node_rank, 0, fix="pass --node-rank 0 on the first machine")
+        if self.node_rank >= nnodes:
+            raise AutoftError(f"--node-rank {self.node_rank} with --nnodes {nnodes}",
+                              f"pass a rank from 0 to {nnodes - 1}")
+        if nnodes > 1 and not self.rdzv_endpoint:
+            raise AutoftError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT (machine 0's address)",
+                              "pass the same --rdzv-endpoint on every machine")
+        if self.rdzv_endpoint and ":" not in self.rdzv_endpoint:
+            raise AutoftError(f"--rdzv-endpoint {self.rdzv_endpoint!r} has no port", "pass HOST:PORT, e.g. node0:29500")
 
     def to_dict(self) -> dict:
         return asdict(self)

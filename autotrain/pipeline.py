@@ -53,6 +53,7 @@ RUN_FILE = "autoft-run.json"
 # What autoft writes into an output folder (--overwrite removes these and nothing else).
 OUTPUT_NAMES = (RUN_FILE, "recommendation.json", "search.json", "trials.jsonl", "metrics.json",
                 "history.json", "README.md", "report.md", "plots", checkpoints.SEARCH_DIR, checkpoints.FINAL_DIR,
+                checkpoints.DIST_DIR,
                 "adapter_model.safetensors", "adapter_config.json", "model.safetensors", "config.json",
                 "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                 "vocab.txt", "labels.json", "chat_template.jinja", "merges.txt", "vocab.json")
@@ -89,8 +90,11 @@ class RunResult:
              "final_steps": f.steps, "planned_steps": self.plan.final_steps, "stopped_early": f.stopped_early,
              "best_step": f.best_step, "train_samples_per_second": f.samples_per_second, "config": self.config,
              "model": t.model, "technique": t.technique, "seed": t.seed, "merged": self.plan.merge,
-             "precision": t.precision, "device": t.device, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
-             "best_trial": self.best_trial, "continued_from_step": f.continued_from_step}
+             "precision": t.precision, "device": t.device, "batch_size": t.batch_size,
+             "grad_accum": t.grad_accum // (self.plan.dist.world if self.plan.dist else 1),
+             "best_trial": self.best_trial, "continued_from_step": f.continued_from_step,
+             "processes": self.plan.dist.world if self.plan.dist else 1, "effective_batch": t.effective_batch,
+             "strategy": self.plan.dist.strategy if self.plan.dist else None}
         if f.samples:
             m["samples"] = f.samples
         if self.budget:
@@ -160,8 +164,16 @@ def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory
         warnings += search.warnings if search else []
         if search and probed is not None:
             probed.close()  # the probed Trial, when no search trial took it
-        final = FinalRun(plan, bundle, out, progress, factory, keeper=keeper).run(
-            config, start, resume=bool(opts.resume), baseline=probed.baseline if probed else None)
+        if plan.dist is not None:  # several processes: torch.distributed's launcher starts them (launch.py)
+            from autoft.autotrain.launch import launch_final
+
+            if probed is not None:
+                probed.close()  # its memory goes back before the processes start
+            final = launch_final(plan, opts, out, progress, config, start, resume=bool(opts.resume))
+            shutil.rmtree(out / checkpoints.DIST_DIR, ignore_errors=True)  # kept only when it failed (logs)
+        else:
+            final = FinalRun(plan, bundle, out, progress, factory, keeper=keeper).run(
+                config, start, resume=bool(opts.resume), baseline=probed.baseline if probed else None)
     finally:
         if probed is not None:
             probed.close()
@@ -273,9 +285,11 @@ def _advise(q: dict) -> dict:
 
 def announce(plan: RunPlan, out: Path, progress: Progress, confirm: Callable[[dict], bool] | None) -> None:
     t = plan.trial
-    progress.emit("stage", name="plan", detail=f"{display_name(t.model)} | {t.technique} | batch "
-                  f"{t.batch_size}x{t.grad_accum} | seq {t.seq_len} tokens | {plan.final_steps} final steps | "
-                  f"{t.device} {t.precision}")
+    batch = f"{t.batch_size}x{t.grad_accum}"
+    if plan.dist:  # micro-batch x accumulation per process x processes
+        batch = f"{t.batch_size}x{t.grad_accum // plan.dist.world}x{plan.dist.world} processes ({plan.dist.strategy})"
+    progress.emit("stage", name="plan", detail=f"{display_name(t.model)} | {t.technique} | batch {batch} | "
+                  f"seq {t.seq_len} tokens | {plan.final_steps} final steps | {t.device} {t.precision}")
     if confirm is not None and not confirm(plan.summary(str(out))):
         raise AutoftError("run cancelled", "pass --yes to skip the question")
 

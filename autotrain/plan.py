@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from autoft.advisor.recommend import Recommendation
 from autoft.autotrain.imbalance import class_weights
@@ -18,6 +18,7 @@ from autoft.autotrain.options import DEFAULT_EPOCHS, DEFAULT_SEARCH_TRIALS, RunO
 from autoft.autotrain.schedule import (DEFAULT_HPARAMS, MIN_DECAY_FRACTION, for_technique, parse_dim,
                                        search_step_cap, warmup_steps)
 from autoft.autotrain.search import SearchSettings
+from autoft.errors import AutoftError
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,34 @@ class TrialSpec:
         return replace(self, batch_size=batch_size, grad_accum=grad_accum)
 
 
+STRATEGY_TEXT = {"ddp": "a full replica per process, gradients all-reduced",
+                 "fsdp": "weights, gradients and optimizer states sharded over the processes"}
+
+
+@dataclass(frozen=True)
+class DistPlan:
+    """The final run as several data-parallel processes, started by torch.distributed.run.
+
+    The plan's TrialSpec stays the one-process equivalent (accumulation = per-process
+    accumulation x world): the search trains that in one process, and each of the `world`
+    processes trains `per_process(trial)`: the same micro-batch, 1/world of the accumulation,
+    its share of every micro-batch of the stream (autotrain/distributed.py)."""
+
+    nproc_per_node: int
+    strategy: str = "ddp"  # ddp | fsdp (the advisor's choice, or --strategy)
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None  # host:port of node 0 (several machines)
+    reason: str = ""  # why this strategy
+
+    @property
+    def world(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    def per_process(self, trial: TrialSpec) -> TrialSpec:
+        return trial.with_micro_batch(trial.batch_size, trial.grad_accum // self.world)
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """Everything the run will do, decided before any training."""
@@ -66,6 +95,19 @@ class RunPlan:
     patience: int  # final run: evaluations without improvement before stopping
     merge: bool = False
     skip_reason: str | None = None  # why the search was skipped, when the user did not ask
+    dist: DistPlan | None = None  # several processes for the final run; None: this process
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunPlan":
+        """Read `to_dict()` back (the distributed final run's workers get the plan this way)."""
+        d = dict(d)
+        d["trial"] = TrialSpec(**d["trial"])
+        d["search"] = SearchSettings(**d["search"]) if d.get("search") else None
+        d["dist"] = DistPlan(**d["dist"]) if d.get("dist") else None
+        return cls(**d)
 
     def with_budget(self, bp, search_cap_s: float | None = None) -> "RunPlan":
         """This plan with the work a time budget chose (`budget.BudgetPlan`): configurations, first
@@ -89,7 +131,8 @@ class RunPlan:
                 "seq_len": t.seq_len, "final_steps": self.final_steps, "train_examples": self.train_examples,
                 "search_trials": self.search.n_trials if self.search else 1,
                 "min_steps": self.search.min_steps if self.search else None, "metric": self.metric,
-                "output_dir": output_dir}
+                "processes": self.dist.world if self.dist else 1,
+                "strategy": self.dist.strategy if self.dist else None, "output_dir": output_dir}
 
 
 def selection_metric(labels: list, task: str) -> tuple[str, bool]:
@@ -130,11 +173,38 @@ def recommended_config(rec: Recommendation) -> dict:
     return for_technique(cfg, rec.technique)
 
 
+def dist_plan(rec: Recommendation, opts: RunOptions, device: str) -> DistPlan | None:
+    """Several processes for the final run (--gpus N on GPUs, --processes N, --nnodes M), or None."""
+    q = opts.question or {}
+    per_node = int(q.get("processes") or (q.get("gpus") or 1 if device.startswith("cuda") else 1))
+    nnodes = int(q.get("nnodes") or 1)
+    if per_node * nnodes <= 1:
+        return None
+    strategy = q.get("strategy") or rec.strategy or "ddp"
+    why = next((r["because"] for r in rec.reasons if r.get("rule", "").startswith("DIST-")
+                or (r.get("rule") == "OVERRIDE" and "strategy" in r.get("because", ""))), "")
+    if strategy == "fsdp" and opts.merge:
+        raise AutoftError("--merge with FSDP: the adapter is sharded across the processes",
+                          "drop --merge and merge afterwards (PeftModel.merge_and_unload), or use --strategy ddp")
+    return DistPlan(nproc_per_node=per_node, strategy=strategy, nnodes=nnodes, node_rank=opts.node_rank,
+                    rdzv_endpoint=opts.rdzv_endpoint,
+                    reason=why or f"{strategy}: the recommendation names no strategy; {STRATEGY_TEXT[strategy]}")
+
+
 def make_plan(rec: Recommendation, opts: RunOptions, bundle, *, task: str, device: str,
               demo: bool = False) -> RunPlan:
     """The run's plan from the recommendation and the (resolved) options."""
-    trial = TrialSpec(model=rec.model_id, task=task, technique=rec.technique, batch_size=int(rec.batch_size),
-                      grad_accum=int(rec.gradient_accumulation_steps), seq_len=int(rec.seq_len),
+    dist = dist_plan(rec, opts, device)
+    world = dist.world if dist else 1
+    # the advisor's accumulation is per process for its world size (micro x accum x processes):
+    # the one-process equivalent multiplies it back; a recommendation made for another number of
+    # processes keeps its effective batch
+    micro = int(rec.batch_size)
+    planned = micro * int(rec.gradient_accumulation_steps) * max(1, int(rec.world_size or 1))
+    micro = max(1, min(micro, planned // world))  # N processes at micro-batch b: at least N x b per step
+    accum = max(1, round(planned / (micro * world))) * world
+    trial = TrialSpec(model=rec.model_id, task=task, technique=rec.technique, batch_size=micro,
+                      grad_accum=accum, seq_len=int(rec.seq_len),
                       precision="fp32" if device == "cpu" else rec.precision, device=device,
                       optimizer=rec.optimizer, gradient_checkpointing=bool(rec.gradient_checkpointing),
                       max_eval_examples=opts.max_eval_examples, seed=opts.seed,
@@ -152,17 +222,21 @@ def make_plan(rec: Recommendation, opts: RunOptions, bundle, *, task: str, devic
     min_steps = opts.min_steps or max(1, min(100, final_steps // opts.eta))
     step_cap = search_step_cap(final_steps)  # no rung so long that the final run has no room to decay
     search, skip = None, None
+    if dist is not None and dist.strategy == "fsdp" and n_trials > 1:
+        n_trials = 1  # the search trains in one process: a model that only fits sharded cannot
+        skip = (f"search skipped: the model only fits sharded over {dist.world} processes (FSDP), and the "
+                f"search trains its trials in one process; the recommended configuration trains once")
     if n_trials > 1 and step_cap >= min_steps:
         search = SearchSettings(n_trials=n_trials, eta=opts.eta, min_steps=min_steps, max_steps=step_cap,
                                 seed=opts.seed, metric=metric,
                                 higher_is_better=higher,
                                 warmup_steps=warmup_steps(DEFAULT_HPARAMS["warmup_ratio"], final_steps),
                                 warn_short_rungs=not demo)  # the demo's short rungs are on purpose
-    elif not opts.no_search:
+    elif not opts.no_search and skip is None:
         skip = (f"search skipped: its first rung ({min_steps} steps) does not fit in {step_cap} steps, "
                 f"{1 - MIN_DECAY_FRACTION:.0%} of the {final_steps} final steps")
     return RunPlan(trial=trial, final_steps=final_steps, train_examples=n_train, metric=metric,
                    higher_is_better=higher, search=search, search_space=dict(rec.search_space),
                    base_config=recommended_config(rec),
                    eval_every=opts.eval_every or max(10, math.ceil(final_steps / 10)),
-                   patience=opts.patience, merge=bool(opts.merge), skip_reason=skip)
+                   patience=opts.patience, merge=bool(opts.merge), skip_reason=skip, dist=dist)

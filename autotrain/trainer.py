@@ -17,6 +17,7 @@ are only read back (one sync) every `log_every` optimizer steps and at the end o
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -44,6 +45,9 @@ CHECKPOINT_FORMAT = 1
 
 class Trial:
     """One configuration (model + technique + hyperparameters) being trained.
+
+    One process. `autotrain/distributed.py: DistributedTrial` is the same loop as one of several
+    data-parallel processes; it overrides the hooks marked "distributed hook" below.
 
     Arguments:
         model_source: Hub id (offline-safe), a local model folder, or a `.gguf` file.
@@ -162,7 +166,7 @@ class Trial:
         torch.manual_seed(seed)  # (autoft's own randomness - data order - uses private RNGs)
         model, self.tokenizer = load_model_and_tokenizer(
             model_source, task, technique, label_names=self.label_names or None,
-            precision=precision, device=str(self.device), trust_remote_code=trust_remote_code,
+            precision=precision, device=self.load_device or str(self.device), trust_remote_code=trust_remote_code,
             problem_type=problem_type if task == "classification" else None,
             model_dropout=hparams.get("model_dropout"))
         # segment ids only for models that have segment embeddings (BERT-style pairs)
@@ -181,6 +185,8 @@ class Trial:
                 p.data = p.data.float()
         if not self.params:
             raise AutoftError(f"technique {technique} left nothing to train", "check its settings")
+        self.train_module = model  # what the training loop calls (a DistributedTrial: its DDP wrapper)
+        self._distribute()
 
         # -- optimizer and schedule --
         groups = self.info.module.trainable_parameter_groups(model, self.tech_config, self.lr, self.weight_decay)
@@ -218,6 +224,21 @@ class Trial:
                   packing=bool(getattr(spec, "packing", False)), target_len=getattr(spec, "target_len", None))
         kw.update(schedule)
         return cls(spec.model, bundle, hparams=hparams, **kw)
+
+    # -- distributed hooks (one process: no-ops) ----------------------------------------------------
+    load_device: str | None = None  # where the model is loaded, when not the training device
+    rank, world_size = 0, 1  # this process among the data-parallel ones
+
+    def _distribute(self) -> None:
+        """Wrap or shard the model (after the technique, before the optimizer)."""
+
+    def _micro_step(self, last: bool):
+        """Context of one micro-batch's forward and backward (DDP: no gradient sync but the last)."""
+        return contextlib.nullcontext()
+
+    def _global_mean(self, value: "torch.Tensor") -> "torch.Tensor":
+        """The mean of `value` over the data-parallel processes."""
+        return value
 
     # -- construction helpers --------------------------------------------------------------------
     def _make_optimizer(self, groups: list[dict], name: str):
@@ -315,12 +336,14 @@ class Trial:
         den = self._weights[labels].sum() if self._weights is not None else logits.new_tensor(float(labels.numel()))
         return per.sum(), den
 
-    def _loss(self, b: dict):
-        """The mean training loss of one micro-batch (on the device)."""
+    def _loss(self, b: dict, module=None):
+        """The mean training loss of one micro-batch (on the device); `module`: what runs the
+        forward pass (the DDP wrapper in a distributed run, whose backward syncs gradients)."""
+        module = module if module is not None else self.model
         if self.task != "classification" or (self._weights is None and not self.multi_label):
-            return self.model(**b).loss
+            return module(**b).loss
         labels = b.pop("labels")
-        total, weight = self._classification_loss(self.model(**b).logits, labels)
+        total, weight = self._classification_loss(module(**b).logits, labels)
         return total / weight
 
     # -- packing ------------------------------------------------------------------------------------
@@ -457,7 +480,7 @@ class Trial:
         if steps <= 0:
             return {"steps_done": self.steps_done, "steps": 0, "train_loss": None, "samples": 0,
                     "tokens": 0, "seconds": 0.0, "epoch": self.stream.epoch, "peak_memory_bytes": None}
-        model, opt, sched, scaler = self.model, self.optimizer, self.scheduler, self.scaler
+        model, opt, sched, scaler = self.train_module, self.optimizer, self.scheduler, self.scaler
         train = self._encoded["train"]
         pad = self.tokenizer.pad_token_id
         cuda = self.device.type == "cuda"
@@ -469,15 +492,20 @@ class Trial:
             step_start, step_samples, step_tokens = self.stream.position, 0, 0
             try:
                 step_loss = torch.zeros((), device=self.device)
-                for _ in range(self.grad_accum):
-                    idx = self.stream.take(self.batch_size)
+                for k in range(self.grad_accum):
+                    # every process takes the same slice of the stream and trains on its share: the
+                    # effective batch is batch_size x grad_accum x world_size
+                    glob = self.stream.take(self.batch_size * self.world_size)
+                    idx = glob[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
                     batch = collate((train[i] for i in idx), pad, self.kind)
-                    step_samples += len(idx)
-                    step_tokens += batch["num_tokens"]
-                    with self._autocast():
-                        loss = self._loss(self._to_device(batch))
-                    scaled = loss / self.grad_accum
-                    (scaler.scale(scaled) if scaler else scaled).backward()
+                    step_samples += len(glob)
+                    step_tokens += (batch["num_tokens"] if self.world_size == 1
+                                    else sum(len(train[i]["input_ids"]) for i in glob))
+                    with self._micro_step(k == self.grad_accum - 1):  # (forward and backward)
+                        with self._autocast():
+                            loss = self._loss(self._to_device(batch), model)
+                        scaled = loss / self.grad_accum
+                        (scaler.scale(scaled) if scaler else scaled).backward()
                     step_loss += loss.detach().float()
                 if scaler:
                     scaler.unscale_(opt)
@@ -503,7 +531,7 @@ class Trial:
             self.tokens_seen += step_tokens
             if self.steps_done % self.log_every == 0 or s == steps - 1:
                 window = losses[last_read:s + 1]
-                mean = window.mean().item()  # the one sync per log_every steps
+                mean = self._global_mean(window.mean()).item()  # the one sync per log_every steps
                 last_read = s + 1
                 if not math.isfinite(mean):
                     raise TrialDiverged(self.steps_done, mean)
@@ -514,7 +542,7 @@ class Trial:
                 if on_step is not None:
                     on_step(entry)
         seconds = time.perf_counter() - t0
-        mean_loss = losses.mean().item()
+        mean_loss = self._global_mean(losses.mean()).item()
         if not math.isfinite(mean_loss):
             raise TrialDiverged(self.steps_done, mean_loss)
         return {"steps_done": self.steps_done, "steps": steps, "train_loss": mean_loss,
@@ -721,18 +749,24 @@ class Trial:
         """Everything needed to continue: trainable weights only (safetensors), optimizer,
         scheduler, RNG states, data position, steps_done, and the Trial's arguments (trial.json).
         Writes into `path` (created; files inside are replaced)."""
-        from safetensors.torch import save_file
+        return self._write_checkpoint(path, self._trainable_state(), self._training_state())
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file(self._trainable_state(), str(path / "trainable.safetensors"))
-        state = {
+    def _training_state(self) -> dict:
+        """Optimizer, scheduler, scaler and RNG states (distributed hook: gathered from the processes)."""
+        return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
         }
+
+    def _write_checkpoint(self, path: str | os.PathLike, weights: dict, state: dict) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file(weights, str(path / "trainable.safetensors"))
         torch.save(state, path / "training_state.pt")
         meta = {"format": CHECKPOINT_FORMAT, "args": self.args, "steps_done": self.steps_done,
                 "stream_position": self.stream.position, "samples_seen": self.samples_seen,
@@ -750,28 +784,40 @@ class Trial:
 
         path = Path(path)
         meta = _checkpoint_meta(path)
-        weights = load_file(str(path / "trainable.safetensors"), device=str(self.device))
+        weights = load_file(str(path / "trainable.safetensors"), device=str(self.load_device or self.device))
         named = dict(self.model.named_parameters())
         missing = [n for n, p in named.items() if p.requires_grad and n not in weights]
         if missing or any(n not in named for n in weights):
             raise AutoftError(f"checkpoint {path} does not match this configuration",
                               "restore it with the arguments saved in its trial.json")
-        with torch.no_grad():
-            for n, t in weights.items():
-                named[n].copy_(t)
-        state = torch.load(path / "training_state.pt", map_location=self.device, weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_trainable(weights)
+        state = torch.load(path / "training_state.pt", map_location=self.load_device or self.device,
+                           weights_only=False)
+        self._load_optimizer(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if state["rng"]["cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        self._load_rng(state["rng"])
         self.steps_done = meta["steps_done"]
         self.stream.position = meta["stream_position"]
         self.samples_seen, self.tokens_seen = meta["samples_seen"], meta["tokens_seen"]
         self.history = list(meta["history"])
         self.threshold = float(meta.get("threshold", 0.5))
+
+    # distributed hooks: how the state gets into the (possibly sharded) model and optimizer
+    def _load_trainable(self, weights: dict) -> None:
+        named = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n, t in weights.items():
+                named[n].copy_(t)
+
+    def _load_optimizer(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+    def _load_rng(self, rng: dict) -> None:
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
 
     @classmethod
     def load_checkpoint(cls, path: str | os.PathLike, bundle: Any, **overrides) -> "Trial":
@@ -785,14 +831,16 @@ class Trial:
         trial.restore(path)
         return trial
 
-    def save_model(self, out_dir: str | os.PathLike, merge: bool = False) -> Path:
+    def save_model(self, out_dir: str | os.PathLike, merge: bool = False, state_dict: dict | None = None) -> Path:
         """The trained model in Hugging Face format, tokenizer and label mapping (id2label) too.
         lora/qlora: a PEFT adapter (`PeftModel.from_pretrained(base, out_dir)` loads it), or with
         merge=True merged full weights (the technique's `merge`; qlora reloads the base in the
         compute dtype, not 4-bit, and leaves the Trial as it was). full/freeze: save_pretrained
         (safetensors). After merge=True of a technique that merges in place (lora) the Trial
-        cannot train further."""
+        cannot train further. `state_dict`: the weights to write instead of the model's own (a
+        sharded model's, gathered)."""
         out = Path(out_dir)
+        given = {"state_dict": state_dict} if state_dict is not None else {}
         out.mkdir(parents=True, exist_ok=True)
         model = self.model
         if self.info.peft and merge:
@@ -807,13 +855,13 @@ class Trial:
             if self.args["model_source"].lower().endswith(".gguf"):  # name the file, not its folder
                 for cfg in model.peft_config.values():
                     cfg.base_model_name_or_path = self.args["model_source"]
-            model.save_pretrained(out, safe_serialization=True)
+            model.save_pretrained(out, safe_serialization=True, **given)
             if self.task == "classification":  # the adapter has no config.json: keep the mapping
                 (out / "labels.json").write_text(json.dumps(
                     {"id2label": dict(enumerate(self.label_names)),
                      "label2id": {n: i for i, n in enumerate(self.label_names)}, **self._label_reading()}, indent=1))
         else:
-            model.save_pretrained(out, safe_serialization=True)
+            model.save_pretrained(out, safe_serialization=True, **given)
             if self.multi_label:   # how to read the sigmoid outputs
                 (out / "labels.json").write_text(json.dumps(
                     {"id2label": dict(enumerate(self.label_names)), **self._label_reading()}, indent=1))
@@ -837,7 +885,7 @@ class Trial:
 
     def close(self) -> None:
         """Drop the model, optimizer and data; gc.collect() and empty the CUDA cache."""
-        for name in ("model", "optimizer", "scheduler", "scaler", "params"):
+        for name in ("model", "train_module", "optimizer", "scheduler", "scaler", "params"):
             setattr(self, name, None)
         self._encoded = {}
         gc.collect()

@@ -130,8 +130,9 @@ def _most(n: int) -> str:
 
 def _setting_line(d: dict) -> str:
     ck = ", checkpointing" if d["gradient_checkpointing"] else ""
+    st = f", {d['strategy']}" if d.get("strategy") else ""
     return (f"{d['technique']:<6} {d['batch_size']} x {d['gradient_accumulation_steps']} "
-            f"(= {d['effective_batch_size']}), {d['seq_len']} tokens, {d['precision']}{ck}")
+            f"(= {d['effective_batch_size']}), {d['seq_len']} tokens, {d['precision']}{ck}{st}")
 
 
 def _speed_lines(sp: dict | None, data_size: int | None) -> list[str]:
@@ -182,10 +183,14 @@ def render(rec) -> str:
     if d["technique"] == "freeze" and d.get("freeze_layers") is not None:
         tech += f" (bottom {d['freeze_layers']} of {m['num_layers']} layers frozen)"
     out.append(f"  technique      {tech}")
-    out.append(f"  batch          {d['batch_size']} per step x {d['gradient_accumulation_steps']} accumulation"
+    world = d.get("world_size") or 1
+    procs = f" x {world} {'GPUs' if gpu['kind'] == 'gpu' else 'processes'}" if world > 1 else ""
+    out.append(f"  batch          {d['batch_size']} per step x {d['gradient_accumulation_steps']} accumulation{procs}"
                f" = {d['effective_batch_size']} examples per optimizer step"
-               + (f" x {gpu['count']} GPUs" if gpu.get("count", 1) > 1 else "")
                + f"  (largest micro-batch that fits: {_most(d['max_batch_size'])})")
+    if d.get("strategy"):
+        how = {"ddp": "DDP, a full replica per GPU", "fsdp": "FSDP, full shard"}[d["strategy"]]
+        out.append(f"  processes      {world} ({how}); memory below is per GPU")
     if d.get("target_len") and d["model"].get("family") == "encoder-decoder":
         out.append(f"  sequence       {d['seq_len']} source tokens (encoder), {d['target_len']} target tokens (decoder)")
     elif d.get("target_len"):
@@ -220,11 +225,12 @@ def render(rec) -> str:
     out.append(f"  memory         {est['peak_gib']:.2f} GiB predicted peak, budget {budget:.1f} GiB "
                f"({int(d['safety'] * 100)}% of {d['memory_gib']:.1f} GiB): {verdict}")
     scale = max(d["memory_gib"], est["peak_gib"])
+    w = max(18, *(len(t) for t in est["breakdown_gib"]))
     for term, gib in est["breakdown_gib"].items():
         if gib <= 0:
             continue
-        out.append(f"    {term.replace('_', ' '):<18} {gib:7.2f} GiB  {_bar(gib, scale)}")
-    out.append(f"    {'total':<18} {est['peak_gib']:7.2f} GiB  {_bar(est['peak_gib'], scale):<{_BAR}}|"
+        out.append(f"    {term.replace('_', ' '):<{w}} {gib:7.2f} GiB  {_bar(gib, scale)}")
+    out.append(f"    {'total':<{w}} {est['peak_gib']:7.2f} GiB  {_bar(est['peak_gib'], scale):<{_BAR}}|"
                f" {d['memory_gib']:.1f} GiB")
     out.append("")
     out.append("  why")

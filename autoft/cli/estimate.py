@@ -17,6 +17,8 @@ EXAMPLES = """\
   autoft estimate --model ./my-model/config.json --technique freeze --freeze-layers 20 --batch-size 2 --seq-len 1024
   autoft estimate --model google/flan-t5-base --technique full --task summarization --batch-size 8 \\
       --seq-len 512 --target-len 128 --gpu T4
+  autoft estimate --model meta-llama/Llama-3.1-8B --technique full --gradient-checkpointing --batch-size 1 \\
+      --seq-len 2048 --gpus 8 --strategy fsdp --gpu-memory 24GiB      # per-GPU memory, sharded over 8 GPUs
 """
 
 
@@ -61,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--chunked-loss", action="store_true",
                    help="the loss is computed in chunks (fused/chunked cross-entropy)")
     s.add_argument("--cpu", action="store_true", help="estimate a CPU run (fp32, RAM, no CUDA context)")
+    d = parser.add_argument_group("several GPUs (memory per GPU)")
+    d.add_argument("--gpus", type=_int, default=1, metavar="N",
+                   help="data-parallel processes (GPUs) in all; the batch size is per GPU (default 1)")
+    d.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp",
+                   help="with --gpus N: ddp (a full replica per GPU, default) or fsdp (full shard: weights, "
+                        "gradients and optimizer states divided by N)")
     h = parser.add_argument_group("hardware (optional: say whether it fits)")
     x = h.add_mutually_exclusive_group()
     x.add_argument("--gpu", metavar="NAME", help="a GPU from the table (T4, A100-40GB, H100-80GB, RTX-4090, ...)")
@@ -85,7 +93,7 @@ def _gpu_memory(args) -> tuple[int | None, str | None]:
 
 def run(args) -> int:
     from autoft.advisor.catalog import resolve_model
-    from autoft.advisor.memory import TERMS, estimate, max_batch_size
+    from autoft.advisor.sharding import fsdp_refusal, max_batch_size, per_gpu_estimate
     from autoft.advisor.spec import TrainSetup
     from autoft.advisor.units import GIB
     from autoft.errors import AutoftError
@@ -111,7 +119,12 @@ def run(args) -> int:
                        freeze_layers=args.freeze_layers, num_labels=args.num_labels, attention=args.attention,
                        chunked_loss=args.chunked_loss, device="cpu" if args.cpu else "cuda",
                        target_len=args.target_len)
-    est = estimate(spec, setup)
+    if args.gpus < 1:
+        raise AutoftError(f"--gpus must be 1 or more, got {args.gpus}", "pass the number of GPUs")
+    world, strategy = args.gpus, args.strategy
+    if world > 1 and strategy == "fsdp" and fsdp_refusal(setup):
+        raise AutoftError(fsdp_refusal(setup), "pass --strategy ddp or another --technique")
+    est = per_gpu_estimate(spec, setup, world, strategy)
     notes = list(est.notes)
     if args.seq_len > spec.max_positions:
         notes.append(f"sequence length {args.seq_len} exceeds the model's {spec.max_positions} positions")
@@ -119,22 +132,23 @@ def run(args) -> int:
     best_bs = None
     if memory is not None:
         fits = est.peak_bytes <= memory
-        best_bs = max_batch_size(spec, setup, memory, safety=0.9)
+        best_bs = max_batch_size(spec, setup, world, strategy, memory, safety=0.9)
     d = est.to_dict()
     if args.json:
         out = {"model": spec.id, "params": spec.params, "setup": setup.to_dict(), "peak_gib": d["peak_gib"],
                "breakdown_gib": d["breakdown_gib"], "notes": notes, "fits": fits,
                "gpu": gpu_name, "gpu_memory_gib": round(memory / GIB, 3) if memory else None,
                "headroom_gib": round((memory - est.peak_bytes) / GIB, 3) if memory else None,
-               "max_batch_size": best_bs}
+               "max_batch_size": best_bs, "gpus": world, "strategy": strategy if world > 1 else None}
         print(json.dumps(out, indent=2))
         return 0
     ck = "on" if ckpt else "off"
+    per = f", per GPU of {world} ({strategy})" if world > 1 else ""
     print(f"{spec.id} ({spec.params / 1e9:.2f}B params), {args.technique}, {task}, batch {args.batch_size} x "
-          f"{args.seq_len} tokens, {setup.precision}, checkpointing {ck}, {args.optimizer}")
-    width = max(len(t) for t in TERMS)
-    for term in TERMS:
-        print(f"  {term.replace('_', ' '):<{width}}  {est.breakdown_bytes[term] / GIB:8.2f} GiB")
+          f"{args.seq_len} tokens, {setup.precision}, checkpointing {ck}, {args.optimizer}{per}")
+    width = max(len(t) for t in est.breakdown_bytes)
+    for term, b in est.breakdown_bytes.items():
+        print(f"  {term.replace('_', ' '):<{width}}  {b / GIB:8.2f} GiB")
     print(f"  {'peak':<{width}}  {est.peak_gib:8.2f} GiB")
     if memory is not None:
         where = gpu_name or "the GPU"

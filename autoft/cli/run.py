@@ -25,8 +25,12 @@ EXAMPLES = """\
   autoft run --resume out/                       # continue a killed run; finished trials are not re-run
   autoft run --data mrpc/ --class-weights balanced --metric macro_f1 --report-to tensorboard mlflow
   autoft run --data go_emotions/ --output emo/   # multi-label (a label column holding lists)
+  autoft run --data train.csv --gpus 4           # final run on 4 GPUs: DDP, or FSDP when only the sharded plan fits
+  autoft run --data train.csv --gpu cpu --processes 2   # 2 CPU processes (gloo)
+  autoft run --data d.jsonl --gpus 8 --nnodes 2 --node-rank 0 --rdzv-endpoint node0:29500 --output /shared/out
 """
-GROUPS = {"data": "data", "search": "search and training", "output": "output"}
+GROUPS = {"data": "data", "search": "search and training", "output": "output",
+          "distributed": "several machines (with --gpus N --nnodes M)"}
 
 
 def _duration(text: str) -> str:
@@ -145,6 +149,21 @@ def run(args) -> int:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     opts = options_from_args(args)
+    if opts.node_rank > 0:  # another machine of a distributed final run: start its processes only
+        from pathlib import Path
+
+        from autoft.autotrain.launch import join
+
+        out = opts.output or opts.resume
+        if not out:
+            from autoft.errors import AutoftError
+
+            raise AutoftError("--node-rank > 0 needs the output folder machine 0 writes to",
+                              "pass the same --output (or --resume) as on machine 0, on shared storage")
+        join(opts, Path(out), say=lambda text: print(text, file=sys.stderr))
+        print(f"machine {opts.node_rank}: its training processes finished; machine 0 writes the outputs "
+              f"to {out}", file=sys.stderr)
+        return 0
     progress = Progress([StderrReporter(quiet=args.quiet)])
     typed = ["autoft", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith(("autoft", "__main__.py")) else None
     result = run_pipeline(opts, progress=progress, confirm=None if args.json else _confirm, argv=typed)
