@@ -41,7 +41,6 @@ from typing import Iterable
 
 from autoft.advisor.spec import SEQ2SEQ_TASKS, Estimate, ModelSpec, TrainSetup
 from autoft.advisor.units import GIB
-from autoft.errors import AutoftError
 
 
 

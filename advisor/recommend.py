@@ -879,7 +879,7 @@ def _speed_reason(pick: dict, plain: dict, cands: list[dict], margin: float) -> 
         if rest:
             nxt = max(rest, key=lambda x: x["eps"])
             what += (f"; the fastest alternative, {_setting(nxt)} ({nxt['eps']:.3g}/s), is not "
-                     f"{margin:.0%} faster" if nxt["eps"] > pick["eps"] else f", the fastest that fits")
+                     f"{margin:.0%} faster" if nxt["eps"] > pick["eps"] else ", the fastest that fits")
     what += f" ({p.tokens_assumed}; assumes {p.assumption})"
     return _reason("SPEED", what, examples_per_s=round(pick["eps"], 3), batch_size=pick["batch"],
                    gradient_checkpointing=pick["ckpt"], tokens_per_example=round(p.tokens_per_example, 1),
