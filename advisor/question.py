@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TASKS, TECHNIQUES, check_at_least, check_choice
+from autoft.errors import AutoftError
 
 
 def _f(default: Any, help: str, flag: str | None = None, choices: tuple | None = None,
@@ -42,6 +43,9 @@ class Question:
                                 "the probed or named GPU's memory)", metavar="SIZE", group="hardware")
     gpus: int = _f(1, "number of GPUs to plan for (data parallel; memory is per GPU)", metavar="N",
                    group="hardware")
+    gpus_per_trial: float | None = _f(None, "share of one GPU each search trial gets, e.g. 0.5: two trials per "
+                                      "GPU (--search-backend ray); the memory plan is for that share",
+                                      metavar="SHARE", group="hardware")
     # -- choices the user may fix (None: the advisor decides) ----------------------------------
     model: str | None = _f(None, "model to fine-tune: a Hub id, a local folder, a config.json or a "
                            ".gguf file", metavar="ID|PATH", group="override")
@@ -75,6 +79,9 @@ class Question:
                               ("optimizer", OPTIMIZERS)):
             if getattr(self, name) is not None:
                 check_choice(name, getattr(self, name), choices)
+        if self.gpus_per_trial is not None and not 0 < self.gpus_per_trial <= 1:
+            raise AutoftError(f"--gpus-per-trial must be above 0 and at most 1, got {self.gpus_per_trial:g}",
+                              "a trial trains on one GPU: pass e.g. 0.5 for two trials per GPU, or 1")
         self.language = (self.language or "en").lower()
         self.domain = (self.domain or "general").lower()
 

@@ -4,6 +4,9 @@ search and the pipeline use the trainer's files without knowing how the trainer 
     out/checkpoints/trial-003/rung-1/   a search trial after a rung (the winner's last one is kept
                                         for the final run to continue)
     out/final-best/                     the final run's last best checkpoint + final-state.json
+    out/ray/                            --search-backend ray: Ray Tune's experiment folder (its
+                                        storage: trial results, experiment state for --resume,
+                                        checkpoints until the search ends)
 A checkpoint is complete once its `trial.json` exists: the trainer writes it last.
 """
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 SEARCH_DIR = "checkpoints"
 FINAL_DIR = "final-best"
+RAY_DIR = "ray"
 FINAL_STATE = "final-state.json"
 TRIAL_META = "trial.json"  # written last by Trial.save_checkpoint
 

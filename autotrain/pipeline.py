@@ -38,7 +38,8 @@ from autoft.autotrain.final import FinalResult, FinalRun, Start
 from autoft.autotrain.options import DEMO_DEFAULTS, RunOptions, command_line
 from autoft.autotrain.plan import RunPlan, make_plan
 from autoft.autotrain.progress import Progress, RunInterrupted
-from autoft.autotrain.search import SearchResult, run_search
+from autoft.autotrain.backends import get_backend
+from autoft.autotrain.search import SearchResult
 from autoft.autotrain.store import TrialStore, write_json
 from autoft.errors import AutoftError
 
@@ -48,6 +49,7 @@ RUN_FILE = "autoft-run.json"
 # What autoft writes into an output folder (--overwrite removes these and nothing else).
 OUTPUT_NAMES = (RUN_FILE, "recommendation.json", "search.json", "trials.jsonl", "metrics.json",
                 "history.json", "README.md", "report.md", "plots", checkpoints.SEARCH_DIR, checkpoints.FINAL_DIR,
+                checkpoints.RAY_DIR,
                 "adapter_model.safetensors", "adapter_config.json", "model.safetensors", "config.json",
                 "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                 "vocab.txt", "labels.json", "chat_template.jinja", "merges.txt", "vocab.json")
@@ -113,7 +115,7 @@ def run(opts: RunOptions, progress: Progress | Callable[[dict], None] | None = N
     progress = progress if isinstance(progress, Progress) else Progress([progress] if progress else [])
     if should_stop is not None:
         def _stop_listener(ev: dict) -> None:
-            if ev["kind"] == "step" and should_stop():
+            if ev["kind"] in ("step", "heartbeat") and should_stop():
                 raise RunInterrupted()
         progress.subscribe(_stop_listener)
     out = prepare_output(opts)
@@ -129,6 +131,7 @@ def run(opts: RunOptions, progress: Progress | Callable[[dict], None] | None = N
 def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory, argv) -> RunResult:
     t_run = time.monotonic()
     opts = resolve_options(opts, out, progress)
+    get_backend(opts.search_backend).preflight(opts.parallel())  # Ray missing, a cluster that does not answer
     command = command_line(dataclasses.replace(opts, output=str(out), resume=None), always=("seed",))
     if not opts.resume:
         write_json(out / RUN_FILE, {"options": opts.to_dict(), "command": command,
@@ -251,8 +254,9 @@ def search_step(plan: RunPlan, bundle, out: Path, progress: Progress, trial_fact
     search's winner, or the recommended configuration when there is no search."""
     if plan.search is None:
         return dict(plan.base_config), None, None
-    res = run_search(plan.trial, bundle, plan.search_space, plan.search, out, progress,
-                     trial_factory=trial_factory, base_config=plan.base_config)
+    backend = get_backend(plan.parallel.backend)  # local: in this process; ray: Ray Tune (backends.py)
+    res = backend.run(plan.parallel, plan.trial, bundle, plan.search_space, plan.search, out, progress,
+                      trial_factory=trial_factory, base_config=plan.base_config)
     start = Start(res.best_trial, res.best_checkpoint, res.best_steps) if res.best_checkpoint else None
     return dict(res.best_config), start, res
 

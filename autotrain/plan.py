@@ -3,7 +3,7 @@
 the search and the final run. Torch-free.
 
     plan = make_plan(Recommendation.from_dict(rec), opts, bundle, device="cpu", demo=False)
-    run_search(plan.trial, bundle, plan.search_space, plan.search, out)  # when plan.search
+    get_backend(plan.parallel.backend).run(plan.parallel, plan.trial, bundle, ...)  # when plan.search
     FinalRun(plan, bundle, out, progress).run(config, start)
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from autoft.advisor.recommend import Recommendation
+from autoft.autotrain.backends import Parallel
 from autoft.autotrain.options import DEFAULT_EPOCHS, DEFAULT_SEARCH_TRIALS, RunOptions
 from autoft.autotrain.schedule import (DEFAULT_HPARAMS, MIN_DECAY_FRACTION, for_technique, parse_dim,
                                        parse_duration, search_step_cap, warmup_steps)
@@ -62,6 +63,7 @@ class RunPlan:
     patience: int  # final run: evaluations without improvement before stopping
     merge: bool = False
     skip_reason: str | None = None  # why the search was skipped, when the user did not ask
+    parallel: Parallel = Parallel()  # where the search's trials run (backends.py)
 
     def summary(self, output_dir: str) -> dict:
         """What the plan says to a person (the CLI's confirmation, the TUI)."""
@@ -71,7 +73,7 @@ class RunPlan:
                 "seq_len": t.seq_len, "final_steps": self.final_steps, "train_examples": self.train_examples,
                 "search_trials": self.search.n_trials if self.search else 1,
                 "min_steps": self.search.min_steps if self.search else None, "metric": self.metric,
-                "output_dir": output_dir}
+                "search_backend": self.parallel.backend, "output_dir": output_dir}
 
 
 def selection_metric(labels: list, task: str) -> tuple[str, bool]:
@@ -141,4 +143,4 @@ def make_plan(rec: Recommendation, opts: RunOptions, bundle, *, task: str, devic
                    higher_is_better=higher, search=search, search_space=dict(rec.search_space),
                    base_config=recommended_config(rec),
                    eval_every=opts.eval_every or max(10, math.ceil(final_steps / 10)),
-                   patience=opts.patience, merge=bool(opts.merge), skip_reason=skip)
+                   patience=opts.patience, merge=bool(opts.merge), skip_reason=skip, parallel=opts.parallel())

@@ -23,8 +23,11 @@ EXAMPLES = """\
   autoft run --data alpaca.jsonl --task generation --gpu auto --max-steps 2000 --merge
   autoft run --data train.csv --no-search --epochs 2 --seed 1 --json > summary.json
   autoft run --resume out/                       # continue a killed run; finished trials are not re-run
+  autoft run --data train.csv --search-backend ray --trials-in-parallel 2 --cpus-per-trial 1   # Ray on this machine
+  autoft run --data train.csv --search-backend ray --ray-address 10.0.0.5:6379 --gpus-per-trial 0.5
 """
-GROUPS = {"data": "data", "search": "search and training", "output": "output"}
+GROUPS = {"data": "data", "search": "search and training",
+          "parallel": "trials in parallel (--search-backend ray; --gpus-per-trial above)", "output": "output"}
 
 
 def _duration(text: str) -> str:
@@ -71,7 +74,7 @@ def add_run_flags(parser: argparse.ArgumentParser, after_data=None) -> dict[str,
             target.add_argument(*flags, dest=f.name, action="store_true", default=None, help=md["help"])
         else:
             target.add_argument(*flags, dest=f.name, type=TYPES[md["kind"]], metavar=md["metavar"],
-                                default=None, help=md["help"])
+                                default=None, help=md["help"], choices=md.get("choices"))
     return groups
 
 
