@@ -36,12 +36,14 @@ the last moment before the crash (before Ray saved its state) may be continued o
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
@@ -468,6 +470,13 @@ def ray_session(parallel: Parallel) -> Iterator[dict]:
     if ray.is_initialized():  # the caller connected already (a notebook, a benchmark)
         yield ray.cluster_resources()
         return
+    # Ray prints its own notices (a worker died, ...) on the driver's stdout: stdout is for
+    # `--json`, so they go to stderr with the rest of the progress
+    with contextlib.redirect_stdout(sys.stderr):
+        yield from _connected(parallel)
+
+
+def _connected(parallel: Parallel) -> Iterator[dict]:
     address = parallel.address
     try:
         if address:

@@ -263,57 +263,52 @@ def test_two_trials_at_once_on_ray_match_the_local_backend(ray_cluster, tiny_ber
 
 @needs_ray
 @pytest.mark.slow
-def test_a_killed_worker_is_retried_from_its_checkpoint(ray_cluster, easy_csv, tmp_path, one_thread, monkeypatch):
+def test_a_killed_worker_is_retried_from_its_checkpoint(ray_cluster, tmp_path, one_thread):
     """A search with promotions and one clearly best configuration: kill the worker of the first
     trial to be promoted while it trains its second rung. Ray retries the trial from its rung-1
     checkpoint, no trial-rung trains twice, and the winner and its score are the local backend's."""
     from autoft.autotrain.plan import TrialSpec
-    from autoft.autotrain.progress import Progress, Recorder
     from autoft.autotrain.search import run_search
-    from autoft.autotrain.search_ray import run_search_ray
 
     if minilm_path() is None:
         pytest.skip("MiniLM not installed")
-    spec = TrialSpec(model=minilm_path(), task="classification", technique="full", batch_size=8, grad_accum=1,
-                     seq_len=24, precision="fp32", device="cpu", max_eval_examples=32)
-    bundle = easy_classification(96, 32)
+    spec = dict(model=minilm_path(), task="classification", technique="full", batch_size=8, grad_accum=1,
+                seq_len=24, precision="fp32", device="cpu", max_eval_examples=32)
     space = {"learning_rate": {"choices": [3e-4, 1e-6, 3e-7, 1e-7]}}  # 3e-4 learns it in 3 steps; the rest do not
-    s = SearchSettings(n_trials=4, eta=2, min_steps=3, max_steps=20, seed=0, metric="accuracy", warn_short_rungs=False)
+    settings = dict(n_trials=4, eta=2, min_steps=3, max_steps=20, seed=0, metric="accuracy", warn_short_rungs=False)
     out = tmp_path / "ray"
-    killed: list[str] = []
-    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # this process is the driver
-        monkeypatch.setenv(k, ray_cluster.env[k])
-
-    def kill_the_first_promoted() -> None:
-        deadline = time.monotonic() + 500
-        while time.monotonic() < deadline and not killed:
-            recs = TrialStore.load(out / "trials.jsonl")
-            if recs:
-                killed.append(recs[0]["worker"])  # the first to reach a rung always goes on (ASHA)
-                os.kill(int(recs[0]["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-                return
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=kill_the_first_promoted, daemon=True)
-    watcher.start()
-    rec = Recorder()
-    res = run_search_ray(spec, bundle, space, s, out, Progress([rec]),
-                         parallel=Parallel("ray", address=ray_cluster.address, trials_at_once=2))
-    watcher.join(timeout=5)
-    assert killed
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"spec": spec, "space": space, "settings": settings, "data": [96, 32],
+                               "out": str(out), "address": ray_cluster.address, "trials_at_once": 2}))
+    driver = subprocess.Popen([sys.executable, str(ROOT / "tests" / "ray_driver.py"), str(job)], cwd=str(ROOT),
+                              env={**ray_cluster.env, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    killed = ""
+    deadline = time.monotonic() + 500
+    while time.monotonic() < deadline and driver.poll() is None and not killed:
+        recs = TrialStore.load(out / "trials.jsonl")
+        if recs:  # the first trial to reach a rung always goes on (ASHA): kill it in its second rung
+            killed = recs[0]["worker"]
+            os.kill(int(killed.rsplit(":", 1)[1]), signal.SIGKILL)
+        time.sleep(0.02)
+    stdout, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 0 and killed, stderr[-3000:]
+    res = json.loads(stdout)
     recs = TrialStore.load(out / "trials.jsonl")
     keys = _keys(recs)
     assert len(keys) == len(set(keys)), f"a trial-rung trained twice: {keys}"
     first = recs[0]["trial"]
-    retried = [e["text"] for e in rec.of("warning") if f"trial {first}: its Ray worker failed" in e["text"]]
-    assert retried and "from its last checkpoint (rung 1, 3 steps)" in retried[0], rec.of("warning")
+    retried = [w for w in res["warnings"] if f"trial {first}: its Ray worker failed" in w]
+    assert retried and "from its last checkpoint (rung 1, 3 steps)" in retried[0], res["warnings"]
     again = next(r for r in recs if r["trial"] == first and r["rung"] == 1)
-    assert again["worker"] != killed[0] and again["status"] == "ok"  # trained in a new worker, from step 3
+    assert again["worker"] != killed and again["status"] == "ok"  # trained in a new worker, from step 3
 
-    local = run_search(spec, bundle, space, s, tmp_path / "local")
-    assert (res.best_trial, res.best_config) == (local.best_trial, local.best_config)
-    assert res.best_metric == pytest.approx(local.best_metric, abs=1e-9)
-    assert res.best_checkpoint == local.best_checkpoint and (out / res.best_checkpoint / "trial.json").is_file()
+    local = run_search(TrialSpec(**spec), easy_classification(96, 32), space, SearchSettings(**settings),
+                       tmp_path / "local")
+    assert (res["best_trial"], res["best_config"]) == (local.best_trial, local.best_config)
+    assert res["best_metric"] == pytest.approx(local.best_metric, abs=1e-9)
+    assert res["best_checkpoint"] == local.best_checkpoint
+    assert (out / res["best_checkpoint"] / "trial.json").is_file()
 
 
 @needs_ray
