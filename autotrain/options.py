@@ -152,6 +152,11 @@ class RunOptions:
         return {n: getattr(self, n) for n in DATA_COLUMNS if getattr(self, n)}
 
     @classmethod
+    def field_help(cls) -> dict[str, dict]:
+        """name -> flag metadata (help, metavar, choices, ...): the TUI's tooltips are --help's words."""
+        return {f.name: dict(f.metadata) for f in dataclasses.fields(cls)}
+
+    @classmethod
     def flag_fields(cls) -> list[dataclasses.Field]:
         """The fields that are `autoft run` flags, in order."""
         return [f for f in dataclasses.fields(cls) if f.metadata["kind"] != "none"]
