@@ -23,11 +23,17 @@ def main(path: str) -> None:
     from autoft.autotrain.search import SearchSettings
     from autoft.autotrain.search_ray import run_search_ray
 
+    from autoft.errors import AutoftError
+
     job = json.loads(Path(path).read_text())
     rec = Recorder()
-    res = run_search_ray(TrialSpec(**job["spec"]), easy_classification(*job["data"]), job["space"],
-                         SearchSettings(**job["settings"]), job["out"], Progress([rec]),
-                         parallel=Parallel("ray", address=job["address"], trials_at_once=job["trials_at_once"]))
+    try:
+        res = run_search_ray(TrialSpec(**job["spec"]), easy_classification(*job["data"]), job["space"],
+                             SearchSettings(**job["settings"]), job["out"], Progress([rec]),
+                             parallel=Parallel("ray", address=job["address"], trials_at_once=job["trials_at_once"]))
+    except AutoftError as err:
+        print(json.dumps({"error": str(err), "warnings": [e["text"] for e in rec.of("warning")]}))
+        return
     print(json.dumps({"best_trial": res.best_trial, "best_config": res.best_config, "best_metric": res.best_metric,
                       "best_checkpoint": res.best_checkpoint, "warnings": [e["text"] for e in rec.of("warning")]}))
 

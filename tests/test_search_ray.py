@@ -261,6 +261,30 @@ def test_two_trials_at_once_on_ray_match_the_local_backend(ray_cluster, tiny_ber
     assert "ray" in report and "2 trials at once" in report
 
 
+def _drive(cluster, tmp_path: Path, spec: dict, space: dict, settings: dict, out: Path) -> subprocess.Popen:
+    """tests/ray_driver.py: one Ray search in a driver process of its own."""
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"spec": spec, "space": space, "settings": settings, "data": [96, 32],
+                               "out": str(out), "address": cluster.address, "trials_at_once": 2}))
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "ray_driver.py"), str(job)], cwd=str(ROOT),
+                            env={**cluster.env, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_the_time_budget_stops_the_ray_search(ray_cluster, tiny_bert, tmp_path):
+    spec = dict(model=tiny_bert, task="classification", technique="full", batch_size=8, grad_accum=1, seq_len=32,
+                precision="fp32", device="cpu")
+    settings = dict(n_trials=4, eta=2, min_steps=3, max_steps=20, time_budget_s=0.5, warn_short_rungs=False)
+    driver = _drive(ray_cluster, tmp_path, spec, {"learning_rate": [1e-4, 1e-3]}, settings, tmp_path / "out")
+    stdout, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 0, stderr[-3000:]
+    res = json.loads(stdout)
+    assert "every search trial failed (none finished)" in res["error"]
+    assert any("time budget of 0 s reached: the Ray search stopped its running trials" in w for w in res["warnings"])
+    assert TrialStore.load(tmp_path / "out" / "trials.jsonl") == []
+
+
 @needs_ray
 @pytest.mark.slow
 def test_a_killed_worker_is_retried_from_its_checkpoint(ray_cluster, tmp_path, one_thread):
@@ -277,12 +301,7 @@ def test_a_killed_worker_is_retried_from_its_checkpoint(ray_cluster, tmp_path, o
     space = {"learning_rate": {"choices": [3e-4, 1e-6, 3e-7, 1e-7]}}  # 3e-4 learns it in 3 steps; the rest do not
     settings = dict(n_trials=4, eta=2, min_steps=3, max_steps=20, seed=0, metric="accuracy", warn_short_rungs=False)
     out = tmp_path / "ray"
-    job = tmp_path / "job.json"
-    job.write_text(json.dumps({"spec": spec, "space": space, "settings": settings, "data": [96, 32],
-                               "out": str(out), "address": ray_cluster.address, "trials_at_once": 2}))
-    driver = subprocess.Popen([sys.executable, str(ROOT / "tests" / "ray_driver.py"), str(job)], cwd=str(ROOT),
-                              env={**ray_cluster.env, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    driver = _drive(ray_cluster, tmp_path, spec, space, settings, out)
     killed = ""
     deadline = time.monotonic() + 500
     while time.monotonic() < deadline and driver.poll() is None and not killed:
