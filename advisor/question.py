@@ -70,6 +70,11 @@ class Question:
                                group="hardware")
     nnodes: int = _f(1, "machines with --gpus GPUs each (autoft run: also --node-rank and --rdzv-endpoint); "
                      "FSDP shards over all of their processes", metavar="M", group="hardware")
+    gpus: int = _f(1, "number of GPUs to plan for (data parallel; memory is per GPU)", metavar="N",
+                   group="hardware")
+    gpus_per_trial: float | None = _f(None, "share of one GPU each search trial gets, e.g. 0.5: two trials per "
+                                      "GPU (--search-backend ray); the memory plan is for that share",
+                                      metavar="SHARE", group="hardware")
     # -- choices the user may fix (None: the advisor decides) ----------------------------------
     model: str | None = _f(None, "model to fine-tune: a Hub id, a local folder, a config.json or a "
                            ".gguf file", metavar="ID|PATH", group="override")
@@ -123,6 +128,9 @@ class Question:
         if self.source_lang and self.source_lang == self.target_lang:
             raise AutoftError(f"--source-lang and --target-lang are both {self.source_lang!r}",
                               "translation needs two different languages")
+        if self.gpus_per_trial is not None and not 0 < self.gpus_per_trial <= 1:
+            raise AutoftError(f"--gpus-per-trial must be above 0 and at most 1, got {self.gpus_per_trial:g}",
+                              "a trial trains on one GPU: pass e.g. 0.5 for two trials per GPU, or 1")
         self.language = (self.language or "en").lower()
         self.domain = (self.domain or "general").lower()
 

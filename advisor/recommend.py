@@ -262,7 +262,16 @@ class _Advisor:
         self.kind = hw.kind
         self.safety = SAFETY[self.kind]
         mem = hw.memory_bytes or (8 * GIB)
-        self.memory = int(mem)
+        # A search trial that gets a share of a GPU (--gpus-per-trial 0.5: two trials per GPU)
+        # must fit in that share: the plan is per trial.
+        self.share = float(q.gpus_per_trial) if self.kind == "gpu" and q.gpus_per_trial else 1.0
+        self.memory = int(mem * self.share)
+        name = _gpu_summary(hw)["name"]
+        self.where = (f"{self.memory / GIB:.1f} GiB on {name}" if self.share == 1.0 else
+                      f"{self.memory / GIB:.1f} GiB, the {self.share:g} share of {name}'s {mem / GIB:.1f} GiB "
+                      "each trial gets")
+        if q.gpus_per_trial and self.kind != "gpu":
+            self.warnings.append("--gpus-per-trial applies to GPUs: planning for this CPU's memory as a whole")
         self.budget = self.safety * self.memory
         self.device = "cpu" if self.kind == "cpu" else "cuda"
         # data-parallel processes in all; each GPU (or, on the CPU, its share of the RAM) holds one
@@ -779,8 +788,10 @@ class _Advisor:
             smallest = min(scored, key=lambda x: x[3].params)[3]
             raise AutoftError(
                 f"no model and technique fits {self.budget / GIB:.1f} GiB ({int(self.safety * 100)}% of "
-                f"{self.memory / GIB:.1f} GiB on {_gpu_summary(self.hw)['name']}); the smallest candidate is "
-                f"{smallest.id}", "plan for a bigger GPU (--gpu NAME or --gpu-memory SIZE) or a shorter --seq-len")
+                f"{self.where}); the smallest candidate is "
+                f"{smallest.id}", "plan for a bigger GPU (--gpu NAME or --gpu-memory SIZE) or a shorter --seq-len"
+                + (f", or give each trial more of the GPU (--gpus-per-trial above {self.share:g})"
+                   if self.share < 1.0 else ""))
         plans, treasons, mout, score, facts, peaks = winner
         best = plans[0]
 
@@ -799,6 +810,10 @@ class _Advisor:
         reasons.append(self.seq_reason)
         if self.target_reason:
             reasons.append(self.target_reason)
+        if self.share < 1.0:
+            reasons.append(_reason("GPU-SHARE", f"each search trial gets {self.share:g} of a GPU (--gpus-per-trial): "
+                                   f"the plan fits {self.where}", gpus_per_trial=self.share,
+                                   memory_gib=round(self.memory / GIB, 2)))
         reasons += best.reasons
         if q.seq_len and q.seq_len > best.spec.max_positions:
             self.warnings.append(f"--seq-len {q.seq_len} is longer than {best.spec.id} reads "
@@ -814,11 +829,13 @@ class _Advisor:
             what = (f"{best.spec.id} with {best.technique}, micro-batch {best.setup.batch_size} x "
                     f"{best.setup.seq_len} tokens{', checkpointing' if best.setup.gradient_checkpointing else ''} "
                     f"needs {best.est.peak_gib:.1f} GiB, more than the {self.budget / GIB:.1f} GiB budget "
-                    f"({int(self.safety * 100)}% of {self.memory / GIB:.1f} GiB on {_gpu_summary(self.hw)['name']})")
+                    f"({int(self.safety * 100)}% of {self.where})")
             if near:
                 fix = f"nearest setting that fits: {near[0]} ({near[1]:.1f} GiB)"
             else:
                 fix = "no nearby setting fits: plan for a bigger GPU (--gpu-memory) or a smaller --model"
+            if self.share < 1.0:
+                fix += f"; or give each trial more of the GPU (--gpus-per-trial above {self.share:g})"
             if not q.force:
                 raise AutoftError(what, fix + "; or pass --force to keep your setting")
             self.warnings.append(f"does not fit: {what}; {fix}")

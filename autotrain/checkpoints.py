@@ -5,6 +5,9 @@ search and the pipeline use the trainer's files without knowing how the trainer 
                                         for the final run to continue)
     out/final-best/                     the final run's last best checkpoint + final-state.json
     out/distributed/                    a distributed final run's launch.json, events, logs
+    out/ray/                            --search-backend ray: Ray Tune's experiment folder (its
+                                        storage: trial results, experiment state for --resume,
+                                        checkpoints until the search ends)
 A checkpoint is complete once its `trial.json` exists: the trainer writes it last.
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 SEARCH_DIR = "checkpoints"
 FINAL_DIR = "final-best"
+RAY_DIR = "ray"
 FINAL_STATE = "final-state.json"
 TRIAL_META = "trial.json"  # written last by Trial.save_checkpoint
 DIST_DIR = "distributed"  # a distributed final run's launch file, rank 0's events and result, logs

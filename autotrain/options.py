@@ -19,16 +19,18 @@ from pathlib import Path
 
 from autoft.advisor.question import Question
 from autoft.advisor.spec import check_at_least
+from autoft.autotrain.backends import BACKENDS, Parallel, get_backend
 from autoft.autotrain.schedule import parse_duration
 from autoft.errors import AutoftError
 
 
 def _opt(default, help: str, *, metavar: str | None = None, kind: str = "str", group: str = "search",
-         exclusive: str | None = None, short: str | None = None, factory=None):
+         exclusive: str | None = None, short: str | None = None, factory=None, choices: tuple | None = None):
     """A RunOptions field with its flag's metadata. kind: str, int, float+ (positive), duration,
     flag (store_true), bool? (--x / --no-x, None when neither), names (one or more), none (not a
-    command-line flag)."""
-    md = {"help": help, "metavar": metavar, "kind": kind, "group": group, "exclusive": exclusive, "short": short}
+    command-line flag); `choices` limits a str."""
+    md = {"help": help, "metavar": metavar, "kind": kind, "group": group, "exclusive": exclusive, "short": short,
+          "choices": choices}
     if factory is not None:
         return field(default_factory=factory, metadata=md)
     return field(default=default, metadata=md)
@@ -99,6 +101,20 @@ class RunOptions:
     packing: bool = _opt(False, "generation: pack whole examples into seq-len blocks (fewer pad tokens) when the "
                          "model keeps packed examples apart; checked on the model, else off with a note",
                          kind="flag")
+    # where the search's trials run (autotrain/backends.py); --gpus-per-trial is the advisor's
+    # (Question.gpus_per_trial): its memory plan is for that share of a GPU
+    search_backend: str = _opt("local", "where the search's trials run: local (one after another in this "
+                               "process) or ray (Ray Tune: several at once, across GPUs and machines; "
+                               "pip install 'autoft[ray]') (default local)", metavar="local|ray",
+                               group="parallel", choices=tuple(BACKENDS))
+    ray_address: str | None = _opt(None, "Ray cluster to run the trials on: auto (the one `ray start` started on "
+                                   "this machine) or HOST:PORT; default: start Ray on this machine",
+                                   metavar="ADDR", group="parallel")
+    trials_in_parallel: int | None = _opt(None, "most trials running at once (ray; default: as many as the "
+                                          "cluster's CPUs and GPUs allow)", metavar="N", kind="int",
+                                          group="parallel")
+    cpus_per_trial: float | None = _opt(None, "CPU cores per trial, fractions allowed (ray; default 1; also its "
+                                        "torch threads)", metavar="N", kind="float+", group="parallel")
     output: str | None = _opt(None, "output folder (default autoft-output/<timestamp>); must be empty unless "
                               "--overwrite", metavar="DIR", group="output")
     resume: str | None = _opt(None, "continue an interrupted run in DIR", metavar="DIR", group="output")
@@ -124,7 +140,8 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.max_steps is not None and self.epochs is not None:
             raise AutoftError("--max-steps and --epochs both given", "pass one of them")
-        for name in ("search_trials", "min_steps", "max_steps", "eval_every", "patience", "max_eval_examples"):
+        for name in ("search_trials", "min_steps", "max_steps", "eval_every", "patience", "max_eval_examples",
+                     "trials_in_parallel"):
             check_at_least("--" + name.replace("_", "-"), getattr(self, name), 1)
         check_at_least("--eta", self.eta, 2, fix="pass --eta 3")
         if self.epochs is not None and not self.epochs > 0:
@@ -138,6 +155,7 @@ class RunOptions:
             from autoft.autotrain.tracking import check_names
 
             self.report_to = check_names(self.report_to)
+        self._check_parallel()
         if self.resume and self.output and Path(self.output).resolve() != Path(self.resume).resolve():
             raise AutoftError("--output and --resume name different folders", "pass only --resume DIR")
         nnodes = int((self.question or {}).get("nnodes") or 1)
@@ -151,6 +169,27 @@ class RunOptions:
         if self.rdzv_endpoint and ":" not in self.rdzv_endpoint:
             raise AutoftError(f"--rdzv-endpoint {self.rdzv_endpoint!r} has no port", "pass HOST:PORT, e.g. node0:29500")
 
+    def _check_parallel(self) -> None:
+        """Options that spread trials over processes need a backend that does."""
+        if self.cpus_per_trial is not None and not self.cpus_per_trial > 0:
+            raise AutoftError(f"--cpus-per-trial must be positive, got {self.cpus_per_trial}")
+        backend = get_backend(self.search_backend)
+        if backend.parallel:
+            return
+        given = [flag_of(n) for n in ("ray_address", "cpus_per_trial") if getattr(self, n) is not None]
+        given += ["--trials-in-parallel"] if (self.trials_in_parallel or 1) > 1 else []
+        given += ["--gpus-per-trial"] if (self.question or {}).get("gpus_per_trial") is not None else []
+        if given:
+            raise AutoftError(f"{', '.join(given)} need(s) a search backend that runs trials in parallel; "
+                              f"--search-backend {backend.name} runs one at a time", "add --search-backend ray")
+
+    def parallel(self) -> Parallel:
+        """How the search's trials share the machines (`backends.Parallel`)."""
+        return Parallel(backend=self.search_backend, address=self.ray_address,
+                        trials_at_once=self.trials_in_parallel,
+                        gpus_per_trial=(self.question or {}).get("gpus_per_trial"),
+                        cpus_per_trial=self.cpus_per_trial)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -162,6 +201,11 @@ class RunOptions:
             out["allow_empty_labels"] = self.allow_empty_labels
         out.update({k: v for k in ("source_lang", "target_lang") if (v := (self.question or {}).get(k))})
         return out
+
+    @classmethod
+    def field_help(cls) -> dict[str, dict]:
+        """name -> flag metadata (help, metavar, choices, ...): the TUI's tooltips are --help's words."""
+        return {f.name: dict(f.metadata) for f in dataclasses.fields(cls)}
 
     @classmethod
     def flag_fields(cls) -> list[dataclasses.Field]:

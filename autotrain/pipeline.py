@@ -40,9 +40,10 @@ from autoft.autotrain.options import DEFAULT_SEARCH_TRIALS, DEMO_DEFAULTS, RunOp
 from autoft.autotrain.plan import RunPlan, make_plan
 from autoft.autotrain.probe import ProbedFactory, probe
 from autoft.autotrain.progress import Progress, RunInterrupted
+from autoft.autotrain.backends import get_backend
 from autoft.autotrain.schedule import (DEFAULT_HPARAMS, parse_duration, sample_configs, trial_hparams,
                                        warmup_steps)
-from autoft.autotrain.search import SearchOutOfTime, SearchResult, plan_rungs, run_search
+from autoft.autotrain.search import SearchOutOfTime, SearchResult, plan_rungs
 from autoft.autotrain.store import TrialStore, write_json
 from autoft.autotrain.tracking import make_trackers
 from autoft.errors import AutoftError
@@ -54,6 +55,7 @@ RUN_FILE = "autoft-run.json"
 OUTPUT_NAMES = (RUN_FILE, "recommendation.json", "search.json", "trials.jsonl", "metrics.json",
                 "history.json", "README.md", "report.md", "plots", checkpoints.SEARCH_DIR, checkpoints.FINAL_DIR,
                 checkpoints.DIST_DIR,
+                checkpoints.RAY_DIR,
                 "adapter_model.safetensors", "adapter_config.json", "model.safetensors", "config.json",
                 "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                 "vocab.txt", "labels.json", "chat_template.jinja", "merges.txt", "vocab.json")
@@ -128,7 +130,7 @@ def run(opts: RunOptions, progress: Progress | Callable[[dict], None] | None = N
     progress = progress if isinstance(progress, Progress) else Progress([progress] if progress else [])
     if should_stop is not None:
         def _stop_listener(ev: dict) -> None:
-            if ev["kind"] == "step" and should_stop():
+            if ev["kind"] in ("step", "heartbeat") and should_stop():
                 raise RunInterrupted()
         progress.subscribe(_stop_listener)
     out = prepare_output(opts)
@@ -144,6 +146,7 @@ def run(opts: RunOptions, progress: Progress | Callable[[dict], None] | None = N
 def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory, argv) -> RunResult:
     t_run = time.monotonic()
     opts = resolve_options(opts, out, progress)
+    get_backend(opts.search_backend).preflight(opts.parallel())  # Ray missing, a cluster that does not answer
     for tracker in make_trackers(opts.report_to, out):  # --report-to: listeners on the progress bus
         progress.subscribe(tracker)
     command = command_line(dataclasses.replace(opts, output=str(out), resume=None), always=("seed",))
@@ -159,8 +162,13 @@ def _run(opts: RunOptions, out: Path, progress: Progress, confirm, trial_factory
         plan, keeper, probed = plan_time(plan, opts, bundle, out, progress, trial_factory, t_run)
         factory = ProbedFactory(_trial_factory(trial_factory), probed, plan.trial)
     warnings += [plan.skip_reason] if plan.skip_reason else []
+    search_factory = factory
+    if plan.parallel.backend != "local":  # Ray's workers build their own Trials: free the probe's model
+        if probed is not None:
+            probed.close()
+        search_factory = trial_factory
     try:
-        config, start, search = search_step(plan, bundle, out, progress, factory, keeper)
+        config, start, search = search_step(plan, bundle, out, progress, search_factory, keeper)
         warnings += search.warnings if search else []
         if search and probed is not None:
             probed.close()  # the probed Trial, when no search trial took it
@@ -354,13 +362,12 @@ def search_step(plan: RunPlan, bundle, out: Path, progress: Progress, trial_fact
     ran out before any trial finished: never nothing trained)."""
     if plan.search is None:
         return dict(plan.base_config), None, None
+    backend = get_backend(plan.parallel.backend)  # local: in this process; ray: Ray Tune (backends.py)
     try:
-        res = run_search(plan.trial, bundle, plan.search_space, plan.search, out, progress,
-                         trial_factory=trial_factory, base_config=plan.base_config,
-                         on_rung_end=keeper.after_rung if keeper is not None and keeper.budgeted else None)
+        res = backend.run(plan.parallel, plan.trial, bundle, plan.search_space, plan.search, out, progress,
+                          trial_factory=trial_factory, base_config=plan.base_config,
+                          on_rung_end=keeper.after_rung if keeper is not None and keeper.budgeted else None)
     except SearchOutOfTime as err:
-        progress.emit("warning", text=f"{err.what}: the recommended configuration trains without a search")
-        return dict(plan.base_config), None, None
     start = Start(res.best_trial, res.best_checkpoint, res.best_steps) if res.best_checkpoint else None
     return dict(res.best_config), start, res
 

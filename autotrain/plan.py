@@ -3,7 +3,7 @@
 the search and the final run. Torch-free.
 
     plan = make_plan(Recommendation.from_dict(rec), opts, bundle, device="cpu", demo=False)
-    run_search(plan.trial, bundle, plan.search_space, plan.search, out)  # when plan.search
+    get_backend(plan.parallel.backend).run(plan.parallel, plan.trial, bundle, ...)  # when plan.search
     FinalRun(plan, bundle, out, progress).run(config, start)
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 
 from autoft.advisor.recommend import Recommendation
 from autoft.autotrain.imbalance import class_weights
+from autoft.autotrain.backends import Parallel
 from autoft.autotrain.options import DEFAULT_EPOCHS, DEFAULT_SEARCH_TRIALS, RunOptions
 from autoft.autotrain.schedule import (DEFAULT_HPARAMS, MIN_DECAY_FRACTION, for_technique, parse_dim,
                                        search_step_cap, warmup_steps)
@@ -96,6 +97,7 @@ class RunPlan:
     merge: bool = False
     skip_reason: str | None = None  # why the search was skipped, when the user did not ask
     dist: DistPlan | None = None  # several processes for the final run; None: this process
+    parallel: Parallel = Parallel()  # where the search's trials run (backends.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,6 +109,7 @@ class RunPlan:
         d["trial"] = TrialSpec(**d["trial"])
         d["search"] = SearchSettings(**d["search"]) if d.get("search") else None
         d["dist"] = DistPlan(**d["dist"]) if d.get("dist") else None
+        d["parallel"] = Parallel(**d["parallel"]) if d.get("parallel") else Parallel()
         return cls(**d)
 
     def with_budget(self, bp, search_cap_s: float | None = None) -> "RunPlan":
@@ -132,7 +135,8 @@ class RunPlan:
                 "search_trials": self.search.n_trials if self.search else 1,
                 "min_steps": self.search.min_steps if self.search else None, "metric": self.metric,
                 "processes": self.dist.world if self.dist else 1,
-                "strategy": self.dist.strategy if self.dist else None, "output_dir": output_dir}
+                "strategy": self.dist.strategy if self.dist else None,
+                "search_backend": self.parallel.backend, "output_dir": output_dir}
 
 
 def selection_metric(labels: list, task: str) -> tuple[str, bool]:
@@ -239,4 +243,5 @@ def make_plan(rec: Recommendation, opts: RunOptions, bundle, *, task: str, devic
                    higher_is_better=higher, search=search, search_space=dict(rec.search_space),
                    base_config=recommended_config(rec),
                    eval_every=opts.eval_every or max(10, math.ceil(final_steps / 10)),
-                   patience=opts.patience, merge=bool(opts.merge), skip_reason=skip, dist=dist)
+                   patience=opts.patience, merge=bool(opts.merge), skip_reason=skip, dist=dist,
+                   parallel=opts.parallel())

@@ -11,6 +11,8 @@ as a dict {"kind": ..., **fields, "elapsed_s": ..., "eta_s": ...}. Kinds:
     eval         phase, step, metric_name, metric, (val) loss
     trial_end    the stored record (trial, rung, metric, status, seconds, ...)
     rung_end     rung, promoted (trial ids)
+    heartbeat    phase, running (trial ids), done_steps: the ray backend, about once a second while
+                 its trials run in other processes (Cancel is checked on it, as on step events)
     warning      text
     message      text
     done         output_dir, seconds

@@ -129,11 +129,12 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
     if search:
         lines += ["## Search", "",
                   f"{len(search.get('configs', []))} configurations, rungs "
-                  + ", ".join(f"{r['n_trials']} x {r['budget_steps']} steps" for r in search.get("rungs", []))
+                  + ", ".join(f"{_reached(records, i, r)} x {r['budget_steps']} steps"
+                              for i, r in enumerate(search.get("rungs", [])))
                   + f". Best: trial {search.get('best_trial')} (validation {metric} {_fmt(search.get('best_metric'))})"
                   + (" - stopped by the time budget." if search.get("stopped_by_time") else "."),
                   "",
-                  _promotion_sentence(search, metric), ""]
+                  _promotion_sentence(search, metric), "", _where_sentence(search), ""]
         if p_search:
             lines += [f"![search](plots/{p_search.name})", ""]
         lines += [f"| trial | rung | steps | learning rate | other knobs | {metric} | validation loss | status | s |",
@@ -209,3 +210,16 @@ def _promotion_sentence(search: dict, metric: str) -> str:
         return (f"Trials moved up a rung by validation loss (it already separates trials while {metric} "
                 f"is still at chance); the last rung's winner was chosen by validation {metric}.")
     return f"Trials moved up a rung and the winner was chosen by validation {metric}."
+
+
+def _reached(records: list[dict], index: int, rung: dict) -> int:
+    """Trials that trained in a rung: the plan's count on the local backend; on Ray's asynchronous
+    scheduler it depends on the order trials finished in, so count the records."""
+    n = len({r["trial"] for r in records if r.get("rung") == index})
+    return n or rung["n_trials"]
+
+
+def _where_sentence(search: dict) -> str:
+    n = search.get("trials_at_once") or 1
+    return (f"Trials ran on the {search.get('backend') or 'local'} backend ({search.get('scheduler')}), "
+            + ("one at a time." if n == 1 else f"up to {n} trials at once."))

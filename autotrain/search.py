@@ -2,7 +2,8 @@
 
     result = run_search(plan.trial, bundle, search_space, SearchSettings(n_trials=9), out_dir, progress)
 
-How it runs (one process, trials one after another):
+How it runs here (the `local` backend: one process, trials one after another; the `ray` backend,
+`search_ray.py`, runs the same `run_trial_rung` on Ray Tune):
 - promotions rank trials by validation loss, the winner of the last rung by the user's metric
   (see `_rank`);
 - configurations come from `schedule.sample_configs` (seeded), rungs from
@@ -96,6 +97,10 @@ class SearchResult:
     # None when it has none (a search written before checkpoints were kept in the last rung)
     best_checkpoint: str | None = None
     best_steps: int = 0
+    # where and how the trials ran (search.json says the same)
+    backend: str = "local"
+    scheduler: str = "synchronous successive halving"
+    trials_at_once: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -187,19 +192,32 @@ class _Search:
     def elapsed(self) -> float:
         return self.prior_seconds + time.monotonic() - self.t_start
 
-    def run(self) -> SearchResult:
+    # where and how the trials run: search.json and SearchResult carry it (a backend overrides it)
+    backend, scheduler, trials_at_once = "local", "synchronous successive halving", 1
+
+    def announce(self, where: str = "") -> None:
+        """search.json (the schedule, the configurations, where the trials run) and the search's
+        first events."""
         s, progress = self.s, self.progress
         write_json(self.out / "search.json", {"settings": asdict(s), "rungs": [asdict(r) for r in self.rungs],
-                                              "configs": self.configs, "warmup_steps": s.warmup})
+                                              "configs": self.configs, "warmup_steps": s.warmup,
+                                              **self.describe()})
         for w in self.warnings:
             progress.emit("warning", text=w)
         total = total_cost_steps(self.rungs)
         progress.emit("phase", name="search", total_steps=total)
         progress.emit("stage", name="search", detail=f"{s.n_trials} configurations, {len(self.rungs)} rungs, "
-                      f"eta {s.eta}, {total} optimizer steps in all"
+                      f"eta {s.eta}, {total} optimizer steps in all{where}"
                       + (f", {len(self.store.records)} trial-rungs already done" if self.store.records else ""))
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "scheduler": self.scheduler, "trials_at_once": self.trials_at_once}
+
+    def run(self) -> SearchResult:
+        s, progress = self.s, self.progress
+        self.announce()
         alive, stopped, i = list(range(len(self.configs))), False, 0
-        while i < len(self.rungs):
+        while i < len(self.rungs):  # (a time budget may cut the rungs after each one: on_rung_end)
             rung = self.rungs[i]
             if rung.index > 0:
                 alive = self._promoted(alive, rung)
@@ -264,21 +282,21 @@ class _Search:
 
         return on_step
 
-    def _result(self, stopped: bool) -> SearchResult:
-        """The winner: the best OK trial of the highest rung that has any."""
-        best = None
+    def winner(self, stopped: bool = False) -> dict:
+        """The winner's record: the best OK trial of the highest rung that has any."""
         for rung in reversed(self.rungs):
             ranked = _rank([r for r in self.store.records if r.get("rung") == rung.index], self.s.higher_is_better)
             if ranked:
-                best = ranked[0]
-                break
-        if best is None:
-            statuses = sorted({r.get("status") for r in self.store.records})
-            if stopped and not self.store.records:
-                raise SearchOutOfTime("the time budget ran out before any search trial finished",
-                                      "raise --time-budget")
-            raise AutoftError(f"every search trial failed ({', '.join(statuses) or 'none finished'})",
-                              "lower the learning-rate range, raise --time-budget or use --no-search")
+                return ranked[0]
+        statuses = sorted({r.get("status") for r in self.store.records})
+        if stopped and not self.store.records:
+            raise SearchOutOfTime("the time budget ran out before any search trial finished",
+                                  "raise --time-budget")
+        raise AutoftError(f"every search trial failed ({', '.join(statuses) or 'none finished'})",
+                          "lower the learning-rate range, raise --time-budget or use --no-search")
+
+    def _result(self, stopped: bool) -> SearchResult:
+        best = self.winner(stopped)
         ckpt = best.get("checkpoint")
         if not (ckpt and checkpoints.is_complete(self.out / ckpt)):
             ckpt = None
@@ -287,7 +305,8 @@ class _Search:
                             best_metric=best["metric"], metric=self.s.metric, rungs=self.rungs,
                             configs=self.configs, records=list(self.store.records), seconds=round(self.elapsed(), 2),
                             stopped_by_time=stopped, warnings=self.warnings, promote_by=self.s.promote_by,
-                            best_checkpoint=ckpt, best_steps=int(best["steps"]) if ckpt else 0)
+                            best_checkpoint=ckpt, best_steps=int(best["steps"]) if ckpt else 0,
+                            backend=self.backend, scheduler=self.scheduler, trials_at_once=self.trials_at_once)
 
 
 def run_trial_rung(factory, spec: "TrialSpec", bundle: Any, config: dict, t: int, rung: Rung, s: SearchSettings,
@@ -298,7 +317,7 @@ def run_trial_rung(factory, spec: "TrialSpec", bundle: Any, config: dict, t: int
     it, checkpoint it, and return the trial-rung's record (not yet stored). The unit of work of
     every search backend."""
     status, metric, evals, ckpt = "ok", None, {}, None
-    t0 = time.monotonic()
+    t0, started_at = time.monotonic(), time.time()
     trial = None
     try:
         trial = _trial_for_rung(factory, spec, bundle, config, s, out, prev)
@@ -329,7 +348,9 @@ def run_trial_rung(factory, spec: "TrialSpec", bundle: Any, config: dict, t: int
     return {"trial": t, "rung": rung.index, "config": config, "steps": rung.budget_steps,
             "metric": metric, "metric_name": s.metric, "higher_is_better": s.higher_is_better,
             "eval": _small_eval(evals), "seconds": round(time.monotonic() - t0, 2), "status": status,
-            "batch_size": bs, "grad_accum": accum, "checkpoint": ckpt}
+            "batch_size": bs, "grad_accum": accum, "checkpoint": ckpt,
+            # Unix seconds: when trials overlapped (several at once on Ray), on which clock
+            "started_at": round(started_at, 3), "finished_at": round(time.time(), 3)}
 
 
 def _trial_for_rung(factory, spec, bundle, config: dict, s: SearchSettings, out: Path, prev: dict | None):

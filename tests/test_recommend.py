@@ -454,3 +454,28 @@ def test_cpu_keeps_the_largest_micro_batch_and_still_predicts_its_speed() -> Non
     assert rec.speed["device"].startswith("CPU") and rec.speed["epoch_s"] > 0 and "probe" in rec.speed["assumption"]
     back = Recommendation.from_dict(json.loads(json.dumps(rec.to_dict())))
     assert back.speed == rec.speed
+# -- a share of a GPU per search trial (--gpus-per-trial, the ray search backend) -------------------
+
+def test_half_a_gpu_per_trial_plans_for_half_its_memory() -> None:
+    whole = ask(gpu("T4"), task="classification", data_size=5000)
+    half = ask(gpu("T4"), task="classification", data_size=5000, gpus_per_trial=0.5)
+    assert half.memory_gib == pytest.approx(whole.memory_gib / 2, abs=0.01)
+    assert half.estimate["peak_gib"] <= half.safety * half.memory_gib  # fits the share, not just the GPU
+    assert whole.estimate["peak_gib"] > half.safety * half.memory_gib  # the whole-GPU plan would not
+    share = [r for r in half.reasons if r["rule"] == "GPU-SHARE"]
+    assert share and "0.5 share of T4" in share[0]["because"]
+    assert not [r for r in whole.reasons if r["rule"] == "GPU-SHARE"]
+
+
+def test_a_setup_that_fits_the_gpu_but_not_the_share_is_refused() -> None:
+    kw = dict(task="classification", data_size=5000, model="google-bert/bert-base-uncased", technique="full",
+              batch_size=32, gradient_checkpointing=False)
+    assert ask(gpu("T4"), **kw).fits  # 5.7 GiB of the T4's 13.5 GiB budget
+    with pytest.raises(AutoftError, match=r"the 0\.25 share of T4.*--gpus-per-trial above 0\.25"):
+        ask(gpu("T4"), gpus_per_trial=0.25, **kw)
+
+
+def test_gpus_per_trial_must_be_a_share_of_one_gpu() -> None:
+    for bad in (0, 1.5, -0.5):
+        with pytest.raises(AutoftError, match="--gpus-per-trial must be above 0 and at most 1"):
+            Question(gpus_per_trial=bad)

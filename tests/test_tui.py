@@ -394,6 +394,32 @@ def test_override_that_does_not_fit_is_flagged_with_fakes(tmp_path):
     asyncio.run(flow())
 
 
+def test_search_backend_fields_write_the_ray_flags(tmp_path):
+    """Search on, Trials at once and Ray address become `--search-backend ray --trials-in-parallel N
+    --ray-address ADDR`; Ray fields with the local backend get autoft run's own one-line error."""
+    async def flow():
+        app = create_app(fake_services())
+        async with app.run_test(size=SIZE) as pilot:
+            await to_recommendation(pilot, str(tmp_path))
+            app.screen.query_one("#trials_in_parallel", Input).value = "2"
+            await until(pilot, lambda: app.screen.error is not None)
+            assert "--trials-in-parallel need(s) a search backend that runs trials in parallel" in text(app, "#fit")
+            app.screen.query_one("#search_backend", Select).value = "ray"
+            app.screen.query_one("#ray_address", Input).value = "10.0.0.5:6379"
+            await until(pilot, lambda: app.answers.recommendation is not None and app.screen.error is None)
+            argv = app.answers.run_argv()
+            assert argv[argv.index("--search-backend"):][:6] == ["--search-backend", "ray", "--ray-address",
+                                                                 "10.0.0.5:6379", "--trials-in-parallel", "2"]
+
+    asyncio.run(flow())
+
+
+def test_search_view_shows_the_ray_heartbeat():
+    v = SearchView()
+    v.feed({"kind": "heartbeat", "phase": "search", "running": [1, 3], "done_steps": 12})
+    assert v.step_line == "search on Ray: trials 1, 3 running, 12 steps done"
+
+
 def test_start_cancel_resume_then_results(tmp_path):
     fake = FakeRun(hold_at=(1, 0))
     out = tmp_path / "out"

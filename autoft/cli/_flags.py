@@ -16,6 +16,13 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def add_question_flags(parser: argparse.ArgumentParser, groups=("situation", "hardware", "override"),
                        skip: tuple[str, ...] = ()) -> None:
     titles = {"situation": "your situation", "hardware": "hardware", "override": "overrides (the advisor chooses what you leave out)"}
@@ -36,6 +43,8 @@ def add_question_flags(parser: argparse.ArgumentParser, groups=("situation", "ha
                 kw["default"] = None
                 if "int" in f.type:
                     kw["type"] = _int
+                elif "float" in f.type:
+                    kw["type"] = _float
                 if md.get("choices"):
                     kw["choices"] = md["choices"]
                 if md.get("metavar"):

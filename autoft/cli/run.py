@@ -25,11 +25,14 @@ EXAMPLES = """\
   autoft run --resume out/                       # continue a killed run; finished trials are not re-run
   autoft run --data mrpc/ --class-weights balanced --metric macro_f1 --report-to tensorboard mlflow
   autoft run --data go_emotions/ --output emo/   # multi-label (a label column holding lists)
+  autoft run --data train.csv --search-backend ray --trials-in-parallel 2 --cpus-per-trial 1   # Ray on this machine
+  autoft run --data train.csv --search-backend ray --ray-address 10.0.0.5:6379 --gpus-per-trial 0.5
   autoft run --data train.csv --gpus 4           # final run on 4 GPUs: DDP, or FSDP when only the sharded plan fits
   autoft run --data train.csv --gpu cpu --processes 2   # 2 CPU processes (gloo)
   autoft run --data d.jsonl --gpus 8 --nnodes 2 --node-rank 0 --rdzv-endpoint node0:29500 --output /shared/out
 """
-GROUPS = {"data": "data", "search": "search and training", "output": "output",
+GROUPS = {"data": "data", "search": "search and training",
+          "parallel": "trials in parallel (--search-backend ray; --gpus-per-trial above)", "output": "output",
           "distributed": "several machines (with --gpus N --nnodes M)"}
 
 
@@ -92,7 +95,7 @@ def add_run_flags(parser: argparse.ArgumentParser, after_data=None) -> dict[str,
                                 default=None, help=md["help"])
         else:
             target.add_argument(*flags, dest=f.name, type=TYPES[md["kind"]], metavar=md["metavar"],
-                                default=None, help=md["help"])
+                                default=None, help=md["help"], choices=md.get("choices"))
     return groups
 
 

@@ -138,7 +138,8 @@ class Answers:
     # What the data layer inferred (DataProfile.to_question_fields()); `autoft run --data` fills
     # the same fields from its own profile where the command leaves them unset.
     inferred: dict[str, Any] = field(default_factory=dict)
-    # `autoft run` options that are not Question fields: "search_trials", "max_steps" (ints).
+    # `autoft run` options that are not Question fields: "search_trials", "max_steps",
+    # "trials_in_parallel" (ints), "search_backend", "ray_address".
     run_options: dict[str, Any] = field(default_factory=dict)
     profile: Any = None
     hardware: Any = None

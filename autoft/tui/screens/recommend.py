@@ -16,6 +16,7 @@ from textual.widgets import Checkbox, DataTable, Input, Label, Select, Static
 
 from autoft.advisor.question import OPTIMIZERS, PRECISIONS, TECHNIQUES
 from autoft.advisor.units import GIB, fmt_params
+from autoft.autotrain.options import RunOptions
 from autoft.errors import AutoftError
 from autoft.tui.screens.base import Step, help_of
 from autoft.tui.services import OVERRIDE_FIELDS, default_output, parse_int, to_dict
@@ -33,6 +34,8 @@ DEBOUNCE_S = 0.25
 RUN_OPTIONS = (("search_trials", "Search trials", "configurations the successive-halving search starts "
                 "with (default 9)"),
                ("max_steps", "Final steps", "optimizer steps of the final run (default: 3 epochs)"))
+# Where the search's trials run (`--search-backend`, `--trials-in-parallel`, `--ray-address`).
+BACKENDS = tuple(RunOptions.field_help()["search_backend"]["choices"])
 
 
 def plan_value(rec: dict, name: str):
@@ -109,6 +112,7 @@ class RecommendScreen(Step):
                     yield Label(label, classes="field-label")
                     yield Input("" if cur is None else str(cur), id=name, type="integer", compact=True,
                                 placeholder="autoft run's default", tooltip=tip)
+                yield from self._parallel_fields()
                 yield Label("Output folder", classes="field-label")
                 yield Input(a.output or default_output(a.data), id="output", compact=True,
                             tooltip="where the model, card, report and trials are written")
@@ -121,6 +125,20 @@ class RecommendScreen(Step):
                 yield Static("", id="reasons")
                 yield Label("Alternatives", classes="section")
                 yield DataTable(id="alternatives", cursor_type="row", zebra_stripes=True)
+
+    def _parallel_fields(self) -> ComposeResult:
+        """Search backend, trials at once, Ray address: where the search's trials run."""
+        a, run_help = self.answers, RunOptions.field_help()
+        yield Label("Search on", classes="field-label")
+        yield Select([(b, b) for b in BACKENDS], value=a.run_options.get("search_backend") or "local",
+                     allow_blank=False, id="search_backend", compact=True, tooltip=run_help["search_backend"]["help"])
+        cur = a.run_options.get("trials_in_parallel")
+        yield Label("Trials at once", classes="field-label")
+        yield Input("" if cur is None else str(cur), id="trials_in_parallel", type="integer", compact=True,
+                    placeholder="ray: as many as fit", tooltip=run_help["trials_in_parallel"]["help"])
+        yield Label("Ray address", classes="field-label")
+        yield Input(a.run_options.get("ray_address") or "", id="ray_address", compact=True,
+                    placeholder="ray: start Ray here", tooltip=run_help["ray_address"]["help"])
 
     def on_mount(self) -> None:
         alt = self.query_one("#alternatives", DataTable)
@@ -168,8 +186,12 @@ class RecommendScreen(Step):
             self._show_error(err)
             return False
         try:
-            for name, _, _ in RUN_OPTIONS:
+            for name, _, _ in RUN_OPTIONS + (("trials_in_parallel", "", ""),):
                 a.run_options[name] = parse_int(self.query_one(f"#{name}", Input).value, name)
+            backend = self.query_one("#search_backend", Select).value
+            a.run_options["search_backend"] = None if backend in (Select.NULL, "local") else backend
+            a.run_options["ray_address"] = self.query_one("#ray_address", Input).value.strip() or None
+            a.options()  # Ray fields without the ray backend: the same one-line error as `autoft run`
         except AutoftError as err:
             self._show_error(err)
             return False
