@@ -182,7 +182,10 @@ class FinalRun:
 
         try:
             while trial.steps_done < self.total:
-                res = trial.train(min(plan.eval_every, self.total - trial.steps_done), on_step=on_step)
+                # validate every eval_every steps counted from where the final run starts (0, or
+                # the search winner's steps), whatever was trained since (the probe's steps, a resume)
+                to_eval = plan.eval_every - (trial.steps_done - identity["continued_from_step"]) % plan.eval_every
+                res = trial.train(min(to_eval, self.total - trial.steps_done), on_step=on_step)
                 state.samples += int(res.get("samples") or 0)
                 train_s += float(res.get("seconds") or 0.0)
                 ev = trial.evaluate("validation", max_examples=plan.trial.max_eval_examples)

@@ -307,9 +307,13 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
     --time-budget choose the work that fits the whole run in it (or refuse a budget too small, with
     the least that works). Returns (plan, Keeper, ProbeResult)."""
     progress.emit("stage", name="probe", detail="timing a few real steps (the first trial keeps them)")
-    first_rung = plan.search.min_steps if plan.search else plan.final_steps
-    steps = max(1, min(3, first_rung - 1))
-    probed = probe(plan.trial, bundle, _first_hparams(plan), warmup=1 if first_rung > 1 else 0, steps=steps,
+    # The probed Trial goes on as the first trial (or the final run): its steps stay before the
+    # first rung's end, and before the final run's first validation, which must not be skipped.
+    first = plan.search.min_steps if plan.search else min(plan.final_steps, plan.eval_every)
+    warmup = 1 if first > 2 else 0
+    steps = max(1, min(3, first - 1 - warmup))
+    schedule = None if plan.search else {"lr_schedule": "linear", "total_steps": plan.final_steps}
+    probed = probe(plan.trial, bundle, _first_hparams(plan), warmup=warmup, steps=steps, schedule=schedule,
                    eval_examples=min(64, len(bundle.splits["validation"])), baseline=plan.trial.task != "classification",
                    factory=_trial_factory(trial_factory), scratch=str(out))
     n_trials = 1 if opts.no_search else (opts.search_trials or DEFAULT_SEARCH_TRIALS)

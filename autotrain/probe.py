@@ -87,9 +87,9 @@ class ProbeResult:
 
 def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, steps: int = 3,
           eval_examples: int = 32, baseline: bool = True, factory: Any = None,
-          scratch: str | None = None) -> ProbeResult:
-    """Build the Trial of `spec` (a `plan.TrialSpec`) with `hparams` (constant learning rate, as
-    the search trains), train `warmup` untimed and `steps` timed optimizer steps, time evaluation on
+          scratch: str | None = None, schedule: dict | None = None) -> ProbeResult:
+    """Build the Trial of `spec` (a `plan.TrialSpec`) with `hparams` and `schedule` (from_spec's
+    schedule arguments; default a constant learning rate, as the search trains), train `warmup` untimed and `steps` timed optimizer steps, time evaluation on
     up to `eval_examples` validation examples (generation with `baseline`: on the whole test split,
     the base model's baseline, before training) and one checkpoint written under `scratch` (a
     temporary folder by default). Returns the times and the Trial, open, for reuse."""
@@ -98,7 +98,8 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
     if factory is None:
         from autoft.autotrain.trainer import Trial as factory  # noqa: N813
     t0 = time.perf_counter()
-    trial = factory.from_spec(spec, bundle, dict(hparams or {}), lr_schedule="constant")
+    # the schedule of the trial it becomes: constant for a search trial, the final run's decay without a search
+    trial = factory.from_spec(spec, bundle, dict(hparams or {}), **(schedule or {"lr_schedule": "constant"}))
     try:
         trial._encode("validation")  # every trial tokenises it before its first evaluation
         build_s = time.perf_counter() - t0
