@@ -261,7 +261,9 @@ def test_two_cpu_processes_train_what_one_process_trains(tmp_path):
                          question={"gpu": "cpu", "processes": 2}, **common))
     h1, h2 = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("one", "two"))
     assert [h["step"] for h in h2["train"]] == [h["step"] for h in h1["train"]] == [3, 6]
-    assert [h["loss"] for h in h2["train"]] == pytest.approx([h["loss"] for h in h1["train"]], rel=1e-5)
+    # (the first logged training loss is a mean over the steps of that train() call: in one process
+    # the probe trained the first steps, so that mean covers fewer; the weights are the same)
+    assert [h["loss"] for h in h2["train"]][1:] == pytest.approx([h["loss"] for h in h1["train"]][1:], rel=1e-5)
     assert [h["loss"] for h in h2["validation"]] == pytest.approx([h["loss"] for h in h1["validation"]], rel=1e-5)
     assert two.test["eval_loss"] == pytest.approx(one.test["eval_loss"], rel=1e-5)
     m = json.loads((tmp_path / "two" / "metrics.json").read_text())
