@@ -123,6 +123,9 @@ class TrainSetup:
     attention: Literal["sdpa", "eager"] = "sdpa"
     chunked_loss: bool = False
     device: Literal["cuda", "cpu"] = "cuda"
+    # micro-batches per optimizer step; None: not known yet (the advisor sizes the micro-batch
+    # first), counted as accumulating: gradients of earlier micro-batches live through the forward
+    grad_accum: int | None = None
 
     def __post_init__(self) -> None:
         if self.technique not in TECHNIQUES:
@@ -139,6 +142,9 @@ class TrainSetup:
             raise AutoftError(f"sequence length must be at least 8 tokens, got {self.seq_len}", "pass --seq-len 128 or more")
         if self.lora_rank < 1:
             raise AutoftError(f"LoRA rank must be at least 1, got {self.lora_rank}", "pass --lora-rank 8, 16 or 64")
+        if self.grad_accum is not None and self.grad_accum < 1:
+            raise AutoftError(f"gradient accumulation must be at least 1, got {self.grad_accum}",
+                              "pass --grad-accum 1 or more")
         if self.freeze_layers is not None and self.freeze_layers < 0:
             raise AutoftError("--freeze-layers must be 0 or more", "pass the number of bottom layers to freeze")
 

@@ -86,6 +86,12 @@ class _quiet_loading:
         return False
 
 
+def weights_dtype(technique: str, precision: str) -> str:
+    """torch dtype name the weights are loaded in: fp32 masters for full/freeze (and qlora's
+    unquantised rest); the training precision for lora's frozen base."""
+    return DTYPES[precision] if technique == "lora" else "float32"
+
+
 def _has_classifier(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 
@@ -108,9 +114,7 @@ def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: i
     tok = load_tokenizer(source, trust_remote_code=trust_remote_code)
     path, kw = resolve_source(source)
     kw["trust_remote_code"] = trust_remote_code
-    dtype = torch.float32
-    if technique == "lora" and precision != "fp32":
-        dtype = getattr(torch, DTYPES[precision])
+    dtype = getattr(torch, weights_dtype(technique, precision))
     if technique == "qlora":
         if quantization is None:
             from autoft.autotrain.techniques.qlora import quantization_config

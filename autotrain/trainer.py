@@ -249,6 +249,7 @@ class Trial:
         peak_memory_bytes (CUDA only, else None)}.
         Raises `TrialDiverged` on a NaN/inf loss; lets `torch.OutOfMemoryError` propagate (call
         `set_micro_batch` and train again: the interrupted optimizer step is redone)."""
+        from autoft.autotrain.step import optimizer_step
         from autoft.autotrain.tasks import collate
 
         if self.model is None:
@@ -267,35 +268,29 @@ class Trial:
         losses = torch.zeros(steps, device=self.device)  # stays on the device: no per-step sync
         t0, samples, tokens, last_read = time.perf_counter(), 0, 0, 0
         for s in range(steps):
-            step_start, step_samples, step_tokens = self.stream.position, 0, 0
-            try:
-                step_loss = torch.zeros((), device=self.device)
+            step_start = self.stream.position
+            counts = [0, 0]  # samples, tokens of this step
+
+            def micro_batches():
                 for _ in range(self.grad_accum):
                     idx = self.stream.take(self.batch_size)
                     batch = collate((train[i] for i in idx), pad, self.task)
-                    step_samples += len(idx)
-                    step_tokens += batch["num_tokens"]
-                    with self._autocast():
-                        loss = model(**self._to_device(batch)).loss
-                    scaled = loss / self.grad_accum
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                    step_loss += loss.detach().float()
-                if scaler:
-                    scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
-                if scaler:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+                    counts[0] += len(idx)
+                    counts[1] += batch["num_tokens"]
+                    yield self._to_device(batch)
+
+            try:
+                # the step itself is shared with the memory tracer (autotrain/step.py)
+                step_loss = optimizer_step(model, micro_batches(), optimizer=opt, scheduler=sched, scaler=scaler,
+                                           params=self.params, clip_norm=self.clip_norm,
+                                           grad_accum=self.grad_accum, autocast=self._autocast)
             except torch.OutOfMemoryError:
                 # Undo the half-done step so that a retry with a smaller micro-batch redoes it.
                 opt.zero_grad(set_to_none=True)
                 self.stream.position = step_start
                 self.stream._epoch = -1
                 raise
+            step_samples, step_tokens = counts
             losses[s] = step_loss / self.grad_accum
             self.steps_done += 1
             samples += step_samples
