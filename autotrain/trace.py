@@ -11,8 +11,8 @@ but no storage, so a 70B model costs nothing to "load". Weight initialisation is
 (transformers' `no_init_weights`). Then the Trial's own code runs: `step.prepare_model` (the
 technique module, checkpointing, fp32 masters), the technique's parameter groups,
 `step.make_optimizer` (fused AdamW, as on CUDA), and `step.optimizer_step` (autocast, loss /
-grad_accum, backward, clip, step, zero_grad) for `steps` optimizer steps, while a `MemTracker`
-(torch.distributed._tools.mem_tracker) counts every allocation by kind.
+grad_accum, backward, clip, step, zero_grad) for `steps` optimizer steps, while
+`trace_counter.StepCounter` (MemTracker's accounting, lean) counts every allocation by kind.
 
 The batch is full: batch_size x seq_len real tokens, no padding (transformers then drops the
 all-ones attention mask), every token labelled. That is the largest step the setup can take.
@@ -38,7 +38,6 @@ from torch import nn
 from autoft.advisor.spec import ModelSpec, TrainSetup
 from autoft.errors import AutoftError
 
-KINDS = ("weights", "weight_copies", "gradients", "optimizer_states", "activations", "temporaries", "inputs")
 
 
 @dataclass
@@ -48,10 +47,11 @@ class TraceResult:
     model: str
     setup: dict
     peak_bytes: int
-    by_kind: dict[str, int]  # at the peak; sums to peak_bytes
+    by_kind: dict[str, int]  # at the peak (trace_counter.KINDS); sums to peak_bytes
     peak_phase: str  # forward | backward | optimizer
     peak_step: int  # 0-based optimizer step
     step_peaks: list[int]  # peak of each optimizer step
+    phase_peaks: dict[str, dict[str, int]]  # forward / backward / optimizer: each one's peak, by kind and total
     params: int  # parameters of the model as trained (4-bit weights count 2 per byte)
     trainable_params: int
     seconds: float
@@ -241,120 +241,6 @@ def quantize_like_bnb(model, compute_dtype, skip: list[str]) -> int:
     return len(names)
 
 
-# ---------------------------------------------------------------------------------------------
-# Counting
-# ---------------------------------------------------------------------------------------------
-def _tracker_class():
-    import math
-
-    from torch.distributed._tools import mem_tracker as mt
-
-    class PeakTracker(mt.MemTracker):
-        """MemTracker keeping only the whole step's peak snapshot (its per-module peak
-        snapshots, updated at every operator, made the trace ten times slower), the phase and step
-        where the peak happened, and the bytes of weight copies (autocast's 16-bit casts of fp32
-        weights, which MemTracker counts as activations). Sizes are rounded up to 512 bytes, as the
-        CUDA caching allocator counts them."""
-
-        def __init__(self):
-            super().__init__()
-            self.step = 0
-            self.peak_phase, self.peak_step, self.step_peaks = "forward", 0, []
-            self.copy_bytes, self.peak_copy_bytes = 0, 0
-            self._casting_param = False
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self._casting_param = (func is torch.ops.aten._to_copy.default and bool(args)
-                                   and isinstance(args[0], nn.Parameter))
-            try:
-                return super().__torch_dispatch__(func, types, args, kwargs)
-            finally:
-                self._casting_param = False
-
-        def _track(self, reftype, t):
-            if self._casting_param:
-                for st in mt.get_untyped_storages(t):
-                    if st not in self._WINFO:
-                        size = math.ceil(st.size() / 512) * 512
-                        self.copy_bytes += size
-                        mt.weakref.finalize(st, self._copy_freed, size)
-            super()._track(reftype, t)
-
-        def _copy_freed(self, size):
-            self.copy_bytes -= size
-
-        def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
-            # as MemTracker's, but gradient hooks only on parameters that train (a frozen one
-            # refuses hooks: LoRA's base, freeze's bottom layers)
-            def grad_hook(grad):
-                self._update_and_maybe_create_winfos(grad, mt._MemRefType.GRAD)
-
-            param_mem = 0
-            for p in module.parameters():
-                param_mem += sum(w.mem_consumed for w in self._update_and_maybe_create_winfos(p, mt._MemRefType.PARAM))
-                if p.grad is not None:
-                    self._update_and_maybe_create_winfos(p.grad, mt._MemRefType.GRAD)
-                if install_grad_hooks and p.requires_grad and self._param_to_grad_hook_handles.get(p) is None:
-                    self._param_to_grad_hook_handles[p] = (
-                        p.register_hook(grad_hook),
-                        p.register_post_accumulate_grad_hook(lambda q: grad_hook(q.grad)))
-            buffer_mem = 0
-            for b in module.buffers():
-                buffer_mem += sum(w.mem_consumed for w in self._update_and_maybe_create_winfos(b, mt._MemRefType.BUFFER))
-            return param_mem, buffer_mem
-
-        def _pre_fw_hook(self, module, inputs):
-            # a new micro-batch's forward: forget the module stats (MemTracker refuses a second
-            # iteration otherwise); the memory accounting is not touched.
-            if module in self.memory_tracking and not self._mod_tracker.is_bw:
-                name = self._mod_tracker.get_known_fqn(module)
-                if set(self._mod_tracker.parents) - {name} == {"Global"}:
-                    self.reset_mod_stats()
-            super()._pre_fw_hook(module, inputs)
-
-        def _update_peak_stats(self, peak_state):
-            total = sum(s[mt._TOTAL_KEY] for s in self._curr_mem_snap.values())
-            while len(self.step_peaks) <= self.step:
-                self.step_peaks.append(0)
-            self.step_peaks[self.step] = max(self.step_peaks[self.step], total)
-            if total > sum(self._peak_mem.values()):
-                self._peak_mem = {d: s[mt._TOTAL_KEY] for d, s in self._curr_mem_snap.items()}
-                self._peak_mem_snap = {d: dict(s) for d, s in self._curr_mem_snap.items()}
-                self.peak_step, self.peak_copy_bytes = self.step, self.copy_bytes
-                self.peak_phase = ("optimizer" if self._in_opt else
-                                   "backward" if self._mod_tracker.is_bw else "forward")
-
-    return PeakTracker
-
-
-@contextmanager
-def _cuda_allocation_sizes():
-    """Round tracked sizes up to 512 bytes like the CUDA caching allocator (trace_cuda.py, item 3)."""
-    import math
-
-    from torch.distributed._tools import mem_tracker as mt
-
-    original = mt._WeakRefInfo._calculate_mem_consumed
-
-    def rounded(self):
-        return math.ceil(self.size * self.element_size / 512) * 512
-
-    mt._WeakRefInfo._calculate_mem_consumed = rounded
-    try:
-        yield
-    finally:
-        mt._WeakRefInfo._calculate_mem_consumed = original
-
-
-def _by_kind(snapshot: dict, copy_bytes: int) -> dict[str, int]:
-    from torch.distributed._tools.mem_tracker import _MemRefType as R
-
-    get = lambda kind: sum(int(s.get(kind, 0)) for s in snapshot.values())  # noqa: E731
-    return {"weights": get(R.PARAM) + get(R.BUFFER), "weight_copies": copy_bytes, "gradients": get(R.GRAD),
-            "optimizer_states": get(R.OPT), "activations": get(R.ACT) - copy_bytes,
-            "temporaries": get(R.TEMP), "inputs": get(R.OTH)}
-
-
 @contextmanager
 def _fake_parameter_moves():
     """Module.to() swaps fake parameters (torch.utils.swap_tensors), which refuses tensors that
@@ -429,14 +315,26 @@ def _build_model(config, setup: TrainSetup, dtype):
     return net
 
 
-def _recompute_under(net, mode_cls) -> None:
+def _recompute_under(net, counter, cuda: bool) -> None:
     """Non-reentrant checkpointing recomputes a layer inside backward, where the trace's
     torch-function mode (trace_cuda.CudaAutocast) is not active; have torch.utils.checkpoint
-    recompute under a fresh one (its context_fn), so the recomputation matches the forward."""
+    recompute under a fresh one (its context_fn), so the recomputation matches the forward, and
+    tell the counter that what it makes then are activations."""
     import functools
 
+    from autoft.autotrain.trace_cuda import CudaAutocast
+
+    @contextmanager
+    def recompute():
+        counter.recomputing = True
+        try:
+            with CudaAutocast() if cuda else nullcontext():
+                yield
+        finally:
+            counter.recomputing = False
+
     def contexts():
-        return nullcontext(), mode_cls()
+        return nullcontext(), recompute()
 
     for m in net.modules():
         f = getattr(m, "_gradient_checkpointing_func", None)
@@ -485,69 +383,90 @@ def trace_memory(model: Any, setup: TrainSetup, *, steps: int = 1, warm: bool = 
     the trace is the CPU code path as it is."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from autoft.autotrain.models import weights_dtype
-    from autoft.autotrain.step import make_optimizer, optimizer_step, prepare_model
-    from autoft.autotrain.techniques import get_technique, make_config
-    from autoft.autotrain.trace_cuda import CudaAutocast, TraceGradScaler, cuda_like, full_batch_masks
+    from autoft.autotrain.step import optimizer_step
+    from autoft.autotrain.trace_counter import StepCounter
+    from autoft.autotrain.trace_cuda import cuda_like, full_batch_masks
 
     t0 = time.perf_counter()
     cuda = setup.device == "cuda" if emulate_cuda is None else emulate_cuda
-    precision = "fp32" if setup.device == "cpu" else setup.precision
     config, label = model_config(model, trust_remote_code)
-    info = get_technique(setup.technique)
-    tech_config = make_config(setup.technique, _hparams(setup))
-    notes = []
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    counter = StepCounter(round_to=512 if cuda else 1)  # (CUDA's allocator rounds to 512 B)
     with FakeTensorMode() as fake, _quiet(), _fake_parameter_moves():
-        net = _build_model(config, setup, getattr(torch, weights_dtype(setup.technique, precision)))
-        if info.quantized:
-            from autoft.autotrain.techniques.qlora import SKIP_MODULES
-
-            skip = list(SKIP_MODULES) + list(getattr(net, "_keep_in_fp32_modules", None) or [])
-            n = quantize_like_bnb(net, compute, skip)
-            notes.append(f"qlora: {n} linear layers stood in by NF4-sized fake tensors "
-                         "(bitsandbytes' Params4bit cannot hold fake tensors)")
-        net, params = prepare_model(net, info, tech_config, setup.task, setup.gradient_checkpointing,
-                                    after_apply=lambda m: _adopt_fakes(m, fake))
-        if cuda:
-            _recompute_under(net, CudaAutocast)
-        groups = info.module.trainable_parameter_groups(net, tech_config, 1e-4, 0.0)
-        opt = _optimizer(groups, setup.optimizer, "cuda" if cuda else "cpu", make_optimizer, notes)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-        scaler = TraceGradScaler("cpu") if precision == "fp16" else None
-        autocast = ((lambda: torch.autocast("cpu", dtype=compute)) if precision != "fp32"
-                    else (lambda: torch.autocast("cpu", enabled=False)))
-        net.train()
+        run = _build_run(config, setup, fake, counter, cuda)
         if warm:
-            for p in params:
-                p.grad = torch.zeros_like(p)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            _zero_grads(run.params)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
         accumulating = setup.grad_accum != 1
         grad_accum = max(2, setup.grad_accum or 2) if accumulating else 1
-        batches = [_batch(setup, config.get_text_config().vocab_size)]
-        tracker = _tracker_class()()
-        with _cuda_allocation_sizes() if cuda else nullcontext():
-            tracker.track_external(net, opt, *[t for b in batches for t in b.values()])
-            with full_batch_masks(), cuda_like() if cuda else nullcontext(), tracker:
-                for step in range(steps):
-                    tracker.step = step
-                    if accumulating:  # the earlier micro-batches' gradients
-                        for p in params:
-                            p.grad = torch.zeros_like(p)
-                        tracker._track_module_params_and_buffers(net, install_grad_hooks=False)
-                    optimizer_step(net, iter(batches), optimizer=opt, scheduler=sched, scaler=scaler,
-                                   params=params, clip_norm=info.clip_norm, grad_accum=grad_accum,
-                                   autocast=autocast)
-        total, trainable = _count(net)
-    snap = tracker.get_tracker_snapshot("peak")
-    by_kind = _by_kind(snap, tracker.peak_copy_bytes)
+        batch = _batch(setup, config.get_text_config().vocab_size)
+        counter.track(run.model, run.optimizer, list(batch.values()))
+        with full_batch_masks(), cuda_like() if cuda else nullcontext(), counter:
+            for step in range(steps):
+                counter.step = step
+                if accumulating:  # the earlier micro-batches' gradients
+                    _zero_grads(run.params)
+                    counter.grads_present(run.params)
+                optimizer_step(run.model, iter([batch]), optimizer=run.optimizer, scheduler=run.scheduler,
+                               scaler=run.scaler, params=run.params, clip_norm=run.clip_norm,
+                               grad_accum=grad_accum, autocast=run.autocast)
+        total, trainable = _count(run.model)
+    notes = list(run.notes)
     if setup.chunked_loss:
         notes.append("chunked loss: the Trial computes the loss in one piece; traced as it runs")
-    return TraceResult(model=label, setup=setup.to_dict(), peak_bytes=sum(by_kind.values()), by_kind=by_kind,
-                       peak_phase=tracker.peak_phase, peak_step=tracker.peak_step,
-                       step_peaks=list(tracker.step_peaks), params=total, trainable_params=trainable,
+    return TraceResult(model=label, setup=setup.to_dict(), peak_bytes=counter.peak, by_kind=dict(counter.peak_by_kind),
+                       peak_phase=counter.peak_phase, peak_step=counter.peak_step, step_peaks=list(counter.step_peaks),
+                       phase_peaks=dict(counter.phase_peaks), params=total, trainable_params=trainable,
                        seconds=time.perf_counter() - t0, notes=notes)
+
+
+@dataclass
+class _Run:
+    model: Any
+    params: list
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    autocast: Any
+    clip_norm: float
+    notes: list[str]
+
+
+def _build_run(config, setup: TrainSetup, fake, counter, cuda: bool) -> _Run:
+    """The Trial's model, technique, trainable parameters, optimizer, schedule, scaler and autocast
+    for `setup`, on fake tensors (inside the FakeTensorMode `fake`)."""
+    from autoft.autotrain.models import weights_dtype
+    from autoft.autotrain.step import make_optimizer, prepare_model
+    from autoft.autotrain.techniques import get_technique, make_config
+    from autoft.autotrain.trace_cuda import TraceGradScaler
+
+    precision = "fp32" if setup.device == "cpu" else setup.precision
+    info = get_technique(setup.technique)
+    tech_config = make_config(setup.technique, _hparams(setup))
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    notes = []
+    net = _build_model(config, setup, getattr(torch, weights_dtype(setup.technique, precision)))
+    if info.quantized:
+        from autoft.autotrain.techniques.qlora import SKIP_MODULES
+
+        n = quantize_like_bnb(net, compute, list(SKIP_MODULES) + list(getattr(net, "_keep_in_fp32_modules", None) or []))
+        notes.append(f"qlora: {n} linear layers stood in by NF4-sized fake tensors "
+                     "(bitsandbytes' Params4bit cannot hold fake tensors)")
+    net, params = prepare_model(net, info, tech_config, setup.task, setup.gradient_checkpointing,
+                                after_apply=lambda m: _adopt_fakes(m, fake))
+    _recompute_under(net, counter, cuda)
+    groups = info.module.trainable_parameter_groups(net, tech_config, 1e-4, 0.0)
+    opt = _optimizer(groups, setup.optimizer, "cuda" if cuda else "cpu", make_optimizer, notes)
+    autocast = ((lambda: torch.autocast("cpu", dtype=compute)) if precision != "fp32"
+                else (lambda: torch.autocast("cpu", enabled=False)))
+    net.train()
+    return _Run(net, params, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+                TraceGradScaler("cpu") if precision == "fp16" else None, autocast, info.clip_norm, notes)
+
+
+def _zero_grads(params) -> None:
+    for p in params:
+        p.grad = torch.zeros_like(p)
 
 
 def _optimizer(groups, name, device_type, make_optimizer, notes):

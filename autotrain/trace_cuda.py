@@ -8,8 +8,9 @@ of torch (autograd asks for a CUDA device guard), so the trace runs on fake *CPU
 that changes, measured on the catalog's architectures (benchmarks/bench_trace_matrix.py,
 `cuda_emulation` rows: the same cell traced with and without this module):
 
-0. Fake tensors read as "tracing" to transformers (`full_batch_masks`): its causal-mask code
-   then keeps the mask (the fake query offset could be anything), while a real full batch (no
+0. Fake tensors read as "tracing" to transformers (`full_batch_masks`): its mask code then keeps
+   the mask (the fake query offset or an all-ones padding mask could be anything; RoBERTa makes
+   one from its input ids), while a real full batch (no
    padding, queries = keys, positions 0..s-1 in every row, so no packed sequences) drops it and
    SDPA runs with is_causal=True (flash on CUDA). The tracer answers as the real batch would. Measured effect: a b x 1 x s x s mask, and SDPA leaving flash
    for the memory-efficient kernel, which saves the mask and a padded logsumexp. Classification
@@ -167,21 +168,31 @@ def full_batch_masks():
     """transformers' causal-mask skip, answered as for a real full batch (item 0)."""
     from transformers import masking_utils
 
-    original = masking_utils._ignore_causal_mask_sdpa
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    causal, bidirectional = masking_utils._ignore_causal_mask_sdpa, masking_utils._ignore_bidirectional_mask_sdpa
+    packed = masking_utils.find_packed_sequence_indices
 
     def ignore_causal_mask(padding_mask, q_length, kv_length, q_offset, kv_offset, local_attention_size=None):
-        if padding_mask is None and (q_length == 1 or kv_length == q_length) and (
+        full = padding_mask is None or isinstance(padding_mask, FakeTensor)  # (the trace never pads)
+        if full and (q_length == 1 or kv_length == q_length) and (
                 local_attention_size is None or kv_length < local_attention_size):
             return True
-        return original(padding_mask, q_length, kv_length, q_offset, kv_offset, local_attention_size)
+        return causal(padding_mask, q_length, kv_length, q_offset, kv_offset, local_attention_size)
 
-    packed = masking_utils.find_packed_sequence_indices
+    def ignore_bidirectional_mask(padding_mask, kv_length, local_attention_size=None):
+        if isinstance(padding_mask, FakeTensor):
+            padding_mask = None
+        return bidirectional(padding_mask, kv_length, local_attention_size)
+
     masking_utils._ignore_causal_mask_sdpa = ignore_causal_mask
+    masking_utils._ignore_bidirectional_mask_sdpa = ignore_bidirectional_mask
     masking_utils.find_packed_sequence_indices = lambda position_ids: None  # one sequence per row
     try:
         yield
     finally:
-        masking_utils._ignore_causal_mask_sdpa = original
+        masking_utils._ignore_causal_mask_sdpa = causal
+        masking_utils._ignore_bidirectional_mask_sdpa = bidirectional
         masking_utils.find_packed_sequence_indices = packed
 
 
