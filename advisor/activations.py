@@ -224,3 +224,30 @@ def block_bytes(spec: ModelSpec, setup: TrainSetup, fl: Flow, layer: int = 0) ->
             per_tok += fl.adapter * d_in + fl.adapter_out * setup.lora_rank
     local = bool(t.global_every and t.local_window and layer % t.global_every != 0 and s > t.local_window)
     return per_tok * b * s + attention_bytes(spec, t, fl, b, s, train, local)
+
+
+def model_bytes(spec: ModelSpec, setup: TrainSetup, fl: Flow) -> float:
+    """Bytes saved outside the blocks for the setup's micro-batch: the embeddings' LayerNorm and
+    dropout (encoders), the final norm, the head's input, rotary tables and attention masks."""
+    t = template(spec)
+    b, s, h = setup.batch_size, setup.seq_len, spec.hidden_size
+    T = b * s
+    train = fl.base == "train" and setup.technique != "freeze" or setup.technique == "freeze"
+    per_tok = 0.0
+    if t.kind in ("encoder", "modernbert"):
+        per_tok += 4 * h + 8 + (h if t.dropouts else 0)  # embeddings' LayerNorm input (fp32) and dropout mask
+    if t.kind == "modernbert":
+        per_tok += (4 * h + 8) - (4 * h + 8)  # final norm; the first block has no attention norm
+    if t.kind == "decoder":
+        gemma = t.norm == "rms-gemma"
+        per_tok += 4 * h + 4 + (((4 if gemma else fl.stream) * h) if train else 0)  # final norm
+        head_trains = fl.base == "train" and (setup.technique == "full" or setup.task == "classification"
+                                               or not spec.tied_embeddings)
+        if setup.task == "classification" or head_trains:
+            per_tok += (fl.compute if fl.cast or setup.task == "classification" else fl.stream) * h
+    out = per_tok * T
+    if t.kind != "encoder" or t.kind == "modernbert":  # rotary cos and sin (1 x s x head_dim), per set
+        out += (2 if t.global_every else 1) * 2 * s * spec.head_size * (4 if t.kind == "modernbert" else fl.stream)
+    if t.eager and not t.relative:  # one b x 1 x s x s additive mask for every layer
+        out += b * s * s * fl.stream
+    return out

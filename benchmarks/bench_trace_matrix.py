@@ -83,7 +83,7 @@ def run_cell(arch: str, technique: str, precision: str, batch: int, seq: int, ck
             "traced_bytes": traced.peak_bytes, "analytic_bytes": pred,
             "error": (pred - traced.peak_bytes) / traced.peak_bytes,
             "traced_by_kind": traced.by_kind, "analytic_terms": est.breakdown_bytes,
-            "peak_phase": traced.peak_phase, "trace_seconds": round(traced.seconds, 2), "notes": traced.notes}
+            "peak_phase": traced.peak_phase, "phase_peaks": traced.phase_peaks, "trace_seconds": round(traced.seconds, 2), "notes": traced.notes}
 
 
 def cells(args) -> list[tuple]:
