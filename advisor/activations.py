@@ -23,7 +23,7 @@ type's block is made of. Unknown model types borrow llama's (decoders) or BERT's
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from autoft.advisor.spec import ModelSpec, TrainSetup
 
@@ -71,9 +71,13 @@ TEMPLATES: dict[str, Template] = {
 DEBERTA_RELATIVE = 512
 
 
-def template(spec: ModelSpec) -> Template:
-    """The model type's template; unknown types borrow llama's (decoders) or BERT's (encoders)."""
-    return TEMPLATES.get(spec.model_type, DECODER if spec.family == "decoder" else ENCODER)
+def template(spec: ModelSpec, setup: TrainSetup | None = None) -> Template:
+    """The model type's template; unknown types borrow llama's (decoders) or BERT's (encoders).
+    setup.attention == "eager" asks for transformers' eager attention instead of SDPA."""
+    t = TEMPLATES.get(spec.model_type, DECODER if spec.family == "decoder" else ENCODER)
+    if setup is not None and setup.attention == "eager" and not t.eager:
+        t = replace(t, eager=True)
+    return t
 
 
 def known_template(spec: ModelSpec) -> bool:
@@ -134,6 +138,12 @@ def flow(technique: str, precision: str, pure_16bit: bool = False) -> Flow:
     if technique == "lora":
         return Flow(e, e, e, cast=False, base="frozen", adapter=adapter, adapter_out=e)
     return Flow(4, e, 4, cast=e < 4, base="nf4", adapter=adapter, adapter_out=e)  # qlora
+
+
+def stream_bytes(spec: ModelSpec, fl: Flow) -> int:
+    """Bytes per element of the residual stream between blocks: LayerNorm models' stream is the
+    norms' fp32 output under CUDA autocast (layer_norm runs in fp32 there), whatever the base."""
+    return 4 if template(spec).norm == "ln" else fl.stream
 
 
 def sdpa_kernel(spec: ModelSpec, compute: int, masked: bool = False) -> str:
@@ -199,7 +209,7 @@ def _deberta_attention(spec: ModelSpec, fl: Flow, b: int, s: int, train: bool, s
 def block_bytes(spec: ModelSpec, setup: TrainSetup, fl: Flow, layer: int = 0) -> float:
     """Bytes one trained block saves for backward, for the setup's micro-batch."""
     b, s = setup.batch_size, setup.seq_len
-    t = template(spec)
+    t = template(spec, setup)
     h, f = spec.hidden_size, spec.intermediate_size
     train = fl.base == "train"
     per_tok = 0.0
@@ -229,7 +239,7 @@ def block_bytes(spec: ModelSpec, setup: TrainSetup, fl: Flow, layer: int = 0) ->
 def model_bytes(spec: ModelSpec, setup: TrainSetup, fl: Flow) -> float:
     """Bytes saved outside the blocks for the setup's micro-batch: the embeddings' LayerNorm and
     dropout (encoders), the final norm, the head's input, rotary tables and attention masks."""
-    t = template(spec)
+    t = template(spec, setup)
     b, s, h = setup.batch_size, setup.seq_len, spec.hidden_size
     T = b * s
     train = fl.base == "train" and setup.technique != "freeze" or setup.technique == "freeze"
@@ -248,6 +258,40 @@ def model_bytes(spec: ModelSpec, setup: TrainSetup, fl: Flow) -> float:
     out = per_tok * T
     if t.kind != "encoder" or t.kind == "modernbert":  # rotary cos and sin (1 x s x head_dim), per set
         out += (2 if t.global_every else 1) * 2 * s * spec.head_size * (4 if t.kind == "modernbert" else fl.stream)
-    if t.eager and not t.relative:  # one b x 1 x s x s additive mask for every layer
+    if t.eager and t.kind == "decoder":  # one b x 1 x s x s additive causal mask for every layer
         out += b * s * s * fl.stream
     return out
+
+
+def transient_bytes(spec: ModelSpec, setup: TrainSetup, fl: Flow, backward: bool = False) -> float:
+    """Bytes per token of working tensors a block holds without saving them, at the peak of its
+    forward (backward: of its recomputation and backward): encoders hold three residual-stream tensors
+    (the embeddings' output, the block's input, the attention's output); a LoRA adapter converts
+    its input to fp32 (peft) and keeps its dropout's output, 4-bit ones clone the base output."""
+    t = template(spec, setup)
+    if t.kind == "decoder":
+        return 0.0  # (a decoder's peak is the loss's: its block transients are smaller)
+    h = spec.hidden_size
+    held = 3 * stream_bytes(spec, fl) * h
+    # DeBERTa's attention sums three score tensors and masks them before the softmax: about 8 bytes
+    # per score in flight at once (measured on the traces: 44-80 h per token at s = 256-512)
+    # (recomputed before its backward: half of them)
+    scores = (4 if backward else 8) * spec.num_attention_heads * setup.seq_len if t.relative else 0.0
+    if t.relative and fl.base == "nf4":  # 4-bit q, k, v come back in fp32 and are cast for the products
+        scores += 3 * 4 * h
+    if backward:  # gradients in flight through the block: two fp32 stream-sized ones
+        held += 2 * 4 * h
+    if fl.base == "train":
+        return held + scores
+    f, q_w = spec.intermediate_size, spec.num_attention_heads * spec.head_size
+    x_bytes = {"o": fl.compute, "down": fl.mlp}  # other roles read the LayerNorm's fp32 output
+    worst = 0.0
+    for role, d_in, d_out in block_linears(spec):
+        if role not in adapter_roles(spec, setup):
+            continue
+        xb = x_bytes.get(role, 4)
+        if fl.base == "nf4":  # peft's 4-bit layer: no conversion under autocast; clones the base output
+            worst = max(worst, xb * d_in + xb * d_out)
+        else:  # peft's Linear: the input in fp32 (a copy unless it is fp32), and its dropout output
+            worst = max(worst, (4 if xb < 4 else 0) * d_in + 4 * d_in)
+    return held + max(worst, scores)  # (the adapters' moment and the scores' are different ones)

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Iterable
 
 from autoft.advisor.activations import (adapter_roles, block_bytes, block_linears, flow, known_template,
-                                        model_bytes, template)
+                                        model_bytes, stream_bytes, template, transient_bytes)
 from autoft.advisor.spec import Estimate, ModelSpec, TrainSetup
 from autoft.errors import AutoftError
 
@@ -125,10 +125,6 @@ class Constants:
     # old default "adamw_torch") about one parameter-sized tensor in the state dtype (0.5). The step
     # runs after backward, so it only matters when it exceeds the freed activations and logits.
     adamw_step_temp_frac: float = 0.0
-    # a block's unsaved working tensors at the forward's and at a block backward's peak, in units
-    # of advisor.memory.block_transient (fitted on the trace matrix)
-    forward_transient: float = 0.0
-    backward_transient: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -214,6 +210,7 @@ class Weights:
     copies_block: float = 0.0  # one trained block's copies (a recomputed layer makes them again)
     grads: float = 0.0  # one gradient per trainable parameter
     opt: float = 0.0
+    embedding_grad: float = 0.0  # the input embeddings' gradient, when they train
 
 
 def weight_terms(spec: ModelSpec, setup: TrainSetup, policy: DtypePolicy, c: Constants,
@@ -229,6 +226,7 @@ def weight_terms(spec: ModelSpec, setup: TrainSetup, policy: DtypePolicy, c: Con
     w = Weights()
     if tech == "full":
         w.masters, w.grads, w.opt = P * policy.weight, P * policy.grad, P * adam
+        w.embedding_grad = spec.vocab_size * h * policy.grad
         w.copies_block, w.copies_head = copy * block, copy * (lm + head)
         w.copies = L * w.copies_block + w.copies_head
     elif tech == "freeze":
@@ -282,6 +280,7 @@ class Activations:
     model: float = 0.0  # saved outside the blocks: embeddings' norm, final norm, head input, masks, rotary
     loss_forward: float = 0.0  # logits and loss while the loss is computed
     loss_backward: float = 0.0  # ... and at the start of backward (log-softmax output and two gradients)
+    tied_head: bool = False  # a generation head tied to the input embeddings
     forward_transient: float = 0.0  # a block's working tensors at the forward's peak
     backward_transient: float = 0.0  # a block's gradients and working tensors during its backward
 
@@ -300,7 +299,7 @@ def activation_terms(spec: ModelSpec, setup: TrainSetup, precision: str, policy:
     a.block = max((block_bytes(spec, setup, fl, layer) for layer in range(first, L)), default=0.0)
     # transformers' gradient_checkpointing_enable makes the embeddings' output require grad, so
     # with freeze every layer is checkpointed and back-propagated through, frozen ones too
-    a.checkpoints = L * fl.stream * h * T
+    a.checkpoints = L * stream_bytes(spec, fl) * h * T
     a.model = model_bytes(spec, setup, fl)
     if setup.task == "generation":
         tokens = min(T, c.chunked_loss_tokens) if setup.chunked_loss else T
@@ -314,15 +313,10 @@ def activation_terms(spec: ModelSpec, setup: TrainSetup, precision: str, policy:
         if not setup.chunked_loss and a.loss_backward > 0.25 * GIB:
             notes.append(f"logits: {a.loss_backward / GIB:.2f} GiB for a {V:,}-token vocabulary at the start of "
                          "backward; a chunked/fused cross-entropy would remove most of it")
-    a.forward_transient = c.forward_transient * block_transient(spec, fl) * T
-    a.backward_transient = c.backward_transient * block_transient(spec, fl) * T
+    a.forward_transient = transient_bytes(spec, setup, fl) * T
+    a.backward_transient = transient_bytes(spec, setup, fl, backward=True) * T
+    a.tied_head = setup.task == "generation" and spec.tied_embeddings
     return a
-
-
-def block_transient(spec: ModelSpec, fl) -> float:
-    """Bytes per token of a block's working tensors that are not saved: a few residual-stream
-    sized tensors and one MLP-sized one (scaled by calibrated constants)."""
-    return 4 * spec.hidden_size + fl.mlp * spec.intermediate_size
 
 
 def peak_phases(w: Weights, a: Activations, setup: TrainSetup) -> dict[str, dict[str, float]]:
@@ -345,6 +339,11 @@ def peak_phases(w: Weights, a: Activations, setup: TrainSetup) -> dict[str, dict
     }
     if not accumulating:
         phases["backward_end"] = {"gradients": w.grads, "copies": 0.0, "activations": a.model, "logits": 0.0}
+    # the embeddings' backward makes a whole V x h gradient before adding it to the one that exists
+    # (earlier micro-batches', or the tied LM head's)
+    if w.embedding_grad and (accumulating or a.tied_head):
+        phases["embedding_backward"] = {"gradients": w.grads, "copies": 0.0, "activations": w.embedding_grad,
+                                        "logits": 0.0}
     return phases
 
 
@@ -390,7 +389,11 @@ def _setup_notes(spec: ModelSpec, setup: TrainSetup) -> list[str]:
     if setup.optimizer == "paged-adamw-8bit":
         notes.append("paged-adamw-8bit: optimizer states are counted on the GPU, but under memory "
                      "pressure they are paged to CPU RAM, so the real peak can be lower")
-    t = template(spec)
+    if not spec.params_verified:
+        notes.append(f"{spec.id}: {spec.params / 1e9:.2f}B parameters counted from config.json by generic rules "
+                     f"(model type {spec.model_type!r}) and not checked against the weights: the estimate may be "
+                     "far off; give the folder with its safetensors (or their index) to check it")
+    t = template(spec, setup)
     if not known_template(spec):
         notes.append(f"{spec.model_type}: activations counted as for a {'llama' if spec.family == 'decoder' else 'bert'}"
                      "-shaped block (autoft estimate --trace measures this architecture itself)")

@@ -45,6 +45,9 @@ class ModelSpec:
     gated: bool = False
     downloads: int | None = None  # from the Hub, when known
     source: str = "catalog"  # catalog | hub | local | cache
+    # False: `params` was counted from config.json by generic rules (a model type autoft does not
+    # know) and could not be checked against the weights (safetensors headers or index, the Hub)
+    params_verified: bool = True
 
     def __post_init__(self) -> None:
         for name in ("params", "hidden_size", "num_layers", "num_attention_heads", "num_kv_heads",

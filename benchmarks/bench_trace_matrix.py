@@ -62,15 +62,14 @@ def run_cell(arch: str, technique: str, precision: str, batch: int, seq: int, ck
              layers: int | None = None) -> dict:
     from dataclasses import replace
 
-    from autoft.advisor.catalog import count_params, resolve_model
+    from autoft.advisor.catalog import resolve_model
     from autoft.advisor.memory import estimate, predicted
     from autoft.advisor.spec import TrainSetup
     from autoft.autotrain.trace import trace_memory
 
-    spec = resolve_model(ARCHS[arch])
+    spec = exact(resolve_model(ARCHS[arch]))
     if layers:  # (the analytic side counts the same, smaller model)
-        spec = replace(spec, num_layers=layers)
-        spec = replace(spec, params=count_params(spec))
+        spec = exact(replace(spec, num_layers=layers))
     task = "classification" if spec.family == "encoder" else "generation"
     setup = TrainSetup(technique=technique, task=task, batch_size=batch, seq_len=seq, precision=precision,
                        gradient_checkpointing=ckpt, grad_accum=accum)
@@ -84,6 +83,16 @@ def run_cell(arch: str, technique: str, precision: str, batch: int, seq: int, ck
             "error": (pred - traced.peak_bytes) / traced.peak_bytes,
             "traced_by_kind": traced.by_kind, "analytic_terms": est.breakdown_bytes,
             "peak_phase": traced.peak_phase, "phase_peaks": traced.phase_peaks, "trace_seconds": round(traced.seconds, 2), "notes": traced.notes}
+
+
+def exact(spec):
+    """The spec with its architecture's exact parameter count: the catalog holds the published,
+    rounded one (bert-base: 110M for 109.5M), which is the input's error, not the estimator's."""
+    from dataclasses import replace
+
+    from autoft.advisor.catalog import count_params
+
+    return replace(spec, params=count_params(spec))
 
 
 def cells(args) -> list[tuple]:
@@ -253,7 +262,7 @@ def rescore(data: dict) -> None:
     from autoft.advisor.spec import TrainSetup
 
     for r in data["rows"]:
-        spec = resolve_model(ARCHS[r["arch"]])
+        spec = exact(resolve_model(ARCHS[r["arch"]]))
         setup = TrainSetup(technique=r["technique"], task="classification" if spec.family == "encoder" else "generation",
                            batch_size=r["batch"], seq_len=r["seq"], precision=r["precision"],
                            gradient_checkpointing=r["ckpt"], grad_accum=r["grad_accum"])

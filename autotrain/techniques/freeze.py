@@ -45,10 +45,17 @@ def apply(model, config: FreezeConfig, task: str):
     for name, p in model.named_parameters():
         i = layer_index(name, layers_name)
         frozen = (id(p) in embed_ids or "embeddings." in name or "embed_tokens" in name
-                  or (i is not None and i < k))
+                  or _feeds_every_layer(name) or (i is not None and i < k))
         p.requires_grad_(not frozen)
     # A tied output head (lm_head == embed_tokens) stays frozen with the embeddings.
     return model
+
+
+def _feeds_every_layer(name: str) -> bool:
+    """Weights outside the blocks that every block reads, which would make backward run through
+    the frozen bottom layers (and keep their activations) if they trained: DeBERTa's norm of the
+    relative position embeddings (encoder.LayerNorm)."""
+    return ".encoder.LayerNorm." in name
 
 
 def trainable_parameter_groups(model, config: FreezeConfig, lr: float, weight_decay: float = 0.0) -> list[dict]:
