@@ -486,3 +486,30 @@ def _count(net) -> tuple[int, int]:
         total += n
         trainable += n if p.requires_grad else 0
     return total, trainable
+
+
+# ---------------------------------------------------------------------------------------------
+# Beside the analytic estimate
+# ---------------------------------------------------------------------------------------------
+# (label, analytic terms, traced kinds): the same memory on both sides
+SIDE_BY_SIDE = (
+    ("weights", ("frozen_weights", "trainable_weights"), ("weights", "weight_copies")),
+    ("gradients", ("gradients",), ("gradients",)),
+    ("optimizer states", ("optimizer_states",), ("optimizer_states",)),
+    ("activations, logits", ("activations", "logits_and_loss"), ("activations", "temporaries", "inputs")),
+)
+
+
+def side_by_side(estimate, traced: TraceResult) -> dict:
+    """The analytic estimate's tensor terms beside the traced peak's kinds (bytes), the tensor-level
+    totals, and the GPU-only terms the trace cannot see (CUDA context, allocator margin)."""
+    bd = estimate.breakdown_bytes
+    rows = [{"term": label, "analytic_bytes": sum(bd[t] for t in terms),
+             "traced_bytes": sum(traced.by_kind.get(k, 0) for k in kinds)}
+            for label, terms, kinds in SIDE_BY_SIDE]
+    analytic = estimate.peak_bytes - bd["cuda_context"] - bd["allocator_margin"]
+    return {"rows": rows, "analytic_tensor_bytes": analytic, "traced_tensor_bytes": traced.peak_bytes,
+            "difference": (analytic - traced.peak_bytes) / traced.peak_bytes if traced.peak_bytes else 0.0,
+            "gpu_only_bytes": bd["cuda_context"] + bd["allocator_margin"],
+            "traced_peak_with_gpu_terms_bytes": traced.peak_bytes + bd["cuda_context"] + bd["allocator_margin"],
+            "peak_phase": traced.peak_phase, "seconds": round(traced.seconds, 1), "notes": list(traced.notes)}

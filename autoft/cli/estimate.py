@@ -7,6 +7,11 @@ import json
 from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TASKS, TECHNIQUES
 
 HELP = "predict the peak GPU memory (GiB) of a fine-tuning setup, term by term, before training"
+DESCRIPTION = """Predict the peak GPU memory of one fine-tuning setup, term by term, in milliseconds (no torch).
+--trace also runs autoft's own training step for the setup on fake tensors (shapes, no data: no GPU,
+no weights downloaded) and prints its measured peak beside the prediction: any architecture
+transformers can build from its config.json, including ones outside the catalog (MoE, new model
+types). A trace takes a few seconds to a minute on 2 CPU cores (about 1 ms per operator)."""
 EXAMPLES = """\
   autoft estimate --model meta-llama/Llama-3.1-8B --technique qlora --batch-size 4 --seq-len 2048
   autoft estimate --model Qwen/Qwen2.5-7B-Instruct --technique lora --batch-size 1 --seq-len 512 --gpu T4
@@ -15,6 +20,8 @@ EXAMPLES = """\
   autoft estimate --model mistralai/Mistral-7B-Instruct-v0.3 --technique lora --lora-rank 64 \\
       --gradient-checkpointing --optimizer paged-adamw-8bit --batch-size 8 --seq-len 1024
   autoft estimate --model ./my-model/config.json --technique freeze --freeze-layers 20 --batch-size 2 --seq-len 1024
+  autoft estimate --model Qwen/Qwen2.5-0.5B-Instruct --technique lora --batch-size 4 --seq-len 1024 --trace
+  autoft estimate --model ./mixtral-like/config.json --technique qlora --batch-size 1 --seq-len 2048 --trace --json
 """
 
 
@@ -47,7 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "or paged-adamw-8bit")
     s.add_argument("--lora-rank", type=_int, default=16, metavar="R", help="LoRA rank (default 16)")
     s.add_argument("--lora-targets", choices=("all-linear", "attention"), default="all-linear",
-                   help="LoRA on every linear layer (default) or on the attention q and v projections")
+                   help="LoRA on every linear layer (default) or on the model type's attention projections "
+                        "(peft's table: q and v for Llama, BERT, ...)")
+    s.add_argument("--grad-accum", type=_int, default=None, metavar="N",
+                   help="micro-batches per optimizer step (default: unknown, counted as accumulating: "
+                        "gradients live through the forward; 1: they do not)")
     s.add_argument("--freeze-layers", type=_int, default=None, metavar="K",
                    help="freeze: bottom layers kept frozen (default: all but the top quarter)")
     s.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa",
@@ -59,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     x = h.add_mutually_exclusive_group()
     x.add_argument("--gpu", metavar="NAME", help="a GPU from the table (T4, A100-40GB, H100-80GB, RTX-4090, ...)")
     x.add_argument("--gpu-memory", metavar="SIZE", help="GPU memory, e.g. 24GiB or 16GB")
+    t = parser.add_argument_group("trace (measure instead of predict)")
+    t.add_argument("--trace", action="store_true",
+                   help="also trace autoft's training step on fake tensors and print the measured peak by kind "
+                        "beside the prediction (seconds to a minute on 2 cores; needs torch and transformers)")
+    t.add_argument("--trust-remote-code", action="store_true",
+                   help="--trace: let transformers run the model's own code (for model types it does not ship)")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
 
 
@@ -103,8 +120,10 @@ def run(args) -> int:
                        precision="fp32" if args.cpu else args.precision, gradient_checkpointing=ckpt,
                        optimizer=args.optimizer, lora_rank=args.lora_rank, lora_targets=args.lora_targets,
                        freeze_layers=args.freeze_layers, num_labels=args.num_labels, attention=args.attention,
-                       chunked_loss=args.chunked_loss, device="cpu" if args.cpu else "cuda")
+                       chunked_loss=args.chunked_loss, device="cpu" if args.cpu else "cuda",
+                       grad_accum=args.grad_accum)
     est = estimate(spec, setup)
+    traced = _trace(args, setup, est) if args.trace else None
     notes = list(est.notes)
     if args.seq_len > spec.max_positions:
         notes.append(f"sequence length {args.seq_len} exceeds the model's {spec.max_positions} positions")
@@ -120,6 +139,8 @@ def run(args) -> int:
                "gpu": gpu_name, "gpu_memory_gib": round(memory / GIB, 3) if memory else None,
                "headroom_gib": round((memory - est.peak_bytes) / GIB, 3) if memory else None,
                "max_batch_size": best_bs}
+        if traced is not None:
+            out["trace"] = traced
         print(json.dumps(out, indent=2))
         return 0
     ck = "on" if ckpt else "off"
@@ -137,4 +158,29 @@ def run(args) -> int:
               f"largest batch within 90%: {best_bs}")
     for n in notes:
         print(f"note: {n}")
+    if traced is not None:
+        print_trace(traced)
     return 0
+
+
+def _trace(args, setup, est) -> dict:
+    from autoft.autotrain.trace import side_by_side, trace_memory
+
+    return side_by_side(est, trace_memory(args.model, setup, trust_remote_code=args.trust_remote_code))
+
+
+def print_trace(t: dict) -> None:
+    """The traced peak beside the analytic one (tensor-level, GiB). Shared with `advise --verify`."""
+    from autoft.advisor.units import GIB
+
+    print(f"traced on fake tensors in {t['seconds']:.1f} s (autoft's own step, CUDA behaviour emulated; "
+          f"peak in the {t['peak_phase']}):")
+    print(f"  {'':<22}{'predicted':>10}{'traced':>10}")
+    for r in t["rows"]:
+        print(f"  {r['term']:<22}{r['analytic_bytes'] / GIB:10.2f}{r['traced_bytes'] / GIB:10.2f} GiB")
+    print(f"  {'tensors at the peak':<22}{t['analytic_tensor_bytes'] / GIB:10.2f}"
+          f"{t['traced_tensor_bytes'] / GIB:10.2f} GiB  (prediction {100 * t['difference']:+.1f}%)")
+    print(f"  + CUDA context and allocator margin (not traced): {t['gpu_only_bytes'] / GIB:.2f} GiB -> "
+          f"traced peak {t['traced_peak_with_gpu_terms_bytes'] / GIB:.2f} GiB")
+    for n in t["notes"]:
+        print(f"  trace note: {n}")
