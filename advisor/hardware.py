@@ -293,6 +293,15 @@ def lookup_gpu(name: str) -> GPU | None:
     return gpu_table()[hit]
 
 
+def table_row(name: str) -> dict | None:
+    """The rules/gpus.toml row of a GPU named in any spelling lookup_gpu accepts (its throughput
+    figures, sources and all), else None."""
+    gpu = lookup_gpu(name)
+    if gpu is None:
+        return None
+    return next(dict(r) for r in _table_rows() if r["name"] == gpu.name)
+
+
 def find_gpu(name: str) -> GPU:
     """Like lookup_gpu, but an unknown name is a user error that lists the table."""
     gpu = lookup_gpu(name)

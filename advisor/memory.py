@@ -39,12 +39,9 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Iterable
 
-from autoft.advisor.activations import (adapter_roles, block_bytes, block_linears, flow, known_template,
-                                        model_bytes, stream_bytes, template, transient_bytes)
-from autoft.advisor.spec import Estimate, ModelSpec, TrainSetup
-from autoft.errors import AutoftError
+from autoft.advisor.spec import SEQ2SEQ_TASKS, Estimate, ModelSpec, TrainSetup
+from autoft.advisor.units import GIB
 
-GIB = 1024**3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,10 +62,11 @@ class DtypePolicy:
 
 
 # Full and freeze fine-tuning:
-# - bf16: "pure bf16". The model is loaded in bfloat16 and trained with torch's fused AdamW, whose
-#   states take the parameter's dtype (torch.optim.AdamW: zeros_like(param)): 2 + 2 + 4 = 8 B/param.
-#   If the trainer ever keeps fp32 master weights for bf16, use "bf16-mixed" (the HF Trainer default
-#   when a model is loaded in fp32 and bf16=True): 4 + 2 + 4 + 8 = 18 B/param.
+# - bf16: fp32 master weights + bf16 autocast, as autoft's trainer does (and the HF Trainer with an
+#   fp32 load and bf16=True, "bf16-mixed"): 4 + 2 (autocast copy) + 4 + 8 = 18 B/param.
+# - bf16-pure: a model loaded in bfloat16 and trained with torch's AdamW, whose states take the
+#   parameter's dtype (zeros_like(param)): 2 + 2 + 4 = 8 B/param. Published rows trained that way
+#   are compared with this policy; autoft's trainer never trains so.
 # - fp16: fp32 master weights + autocast + GradScaler (GradScaler refuses fp16 gradients, so pure
 #   fp16 cannot train): 4 (fp32) + 2 (autocast copy) + 4 (fp32 grads) + 8 (fp32 AdamW) = 18 B/param,
 #   the "18 bytes per parameter" of the transformers docs.
@@ -92,20 +90,21 @@ TRAINING_DTYPES: dict[str, DtypePolicy] = {
 # the training dtype (2 B for bf16/fp16, 4 B for fp32).
 ADAPTER_BYTES = {"weight": 4, "grad": 4, "adamw": 8}
 
+# Model types whose MLP is a single up/down pair with GELU (everything else decoder-side is gated:
+# SwiGLU/GeGLU with gate, up and down projections).
+NON_GATED_DECODERS = frozenset({"gpt2", "phi", "gpt_neox", "gptj", "gpt_bigcode", "starcoder2", "falcon",
+                                "opt", "bloom", "codegen", "mpt", "gpt_neo"})
 
 
 # ---------------------------------------------------------------------------------------------
-# Constants. Two kinds, kept apart:
-# - tensor-level ones, held to autoft's own step traced on fake tensors (autotrain/trace.py,
-#   benchmarks/bench_trace_matrix.py): the block transients;
-# - CUDA-only ones, which no CPU trace can see (the context, cuBLAS workspaces, the caching
-#   allocator's fragmentation), calibrated on published GPU runs
-#   (benchmarks/bench_estimator_accuracy.py --fit, benchmarks/data/published_memory.json).
+# Calibration constants: all in one place, refit from measurements with fit_constants().
+# activation_scale, allocator_dynamic_frac and logits_bytes_16bit were fitted by
+# `python benchmarks/bench_estimator_accuracy.py --fit` on the 12 calibration rows of
+# benchmarks/data/published_memory.json (6 more rows held out); see benchmarks/results/.
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Constants:
-    # CUDA context + loaded kernels + cuBLAS/cuBLASLt workspaces (the context lies outside the
-    # caching allocator; the workspaces, a few to a few tens of MiB, inside it). transformers'
+    # CUDA context + loaded kernels + cuBLAS workspace, outside the caching allocator. transformers'
     # "Model training anatomy" measured 1343 MB on a V100 with CUDA 11.2 (all kernels loaded
     # eagerly); with lazy module loading (CUDA >= 11.7, the default in PyTorch wheels) an A100/H100
     # context is about 0.4-0.6 GiB.
@@ -118,13 +117,26 @@ class Constants:
     nf4_bytes_per_param: float = 0.5 + 1 / 64 + 4 / (64 * 256)
     # 8-bit AdamW: two uint8 states + fp32 absmax per 256-block per state (bitsandbytes).
     adam8bit_bytes_per_param: float = 2 + 2 * 4 / 256
+    # logits and loss, bytes per token per vocabulary entry: 16-bit logits (2) + fp32 upcast (4) +
+    # log-softmax output (4) + its gradient (4) + the upcast's gradient (2) overlap to 12-16; the
+    # fit on published runs lands at the top of that range (16), as does all-fp32 (16).
+    logits_bytes_16bit: float = 16.0
+    logits_bytes_fp32: float = 16.0
     # tokens whose logits exist at once with a chunked/fused cross-entropy
     chunked_loss_tokens: int = 1024
+    # bytes per input element that a LoRA-wrapped linear saves for its adapter (peft casts the input
+    # to the adapter's fp32, or autocast keeps a 16-bit copy, plus a dropout mask when p > 0).
+    lora_input_bytes: float = 4.0
+    # dropout masks saved by encoders' hidden dropout (bool, 1 B per element).
+    dropout_mask_bytes: float = 1.0
     # temporaries of the optimizer step, as a fraction of the AdamW state bytes: torch's fused AdamW
     # (what the trainer uses on CUDA) allocates none; the foreach implementation (the HF Trainer's
     # old default "adamw_torch") about one parameter-sized tensor in the state dtype (0.5). The step
     # runs after backward, so it only matters when it exceeds the freed activations and logits.
     adamw_step_temp_frac: float = 0.0
+    # multiplier on the per-layer activation count, for what the tally above misses (small
+    # temporaries live at the peak, padding to multiples); refit on measurements.
+    activation_scale: float = 0.9
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,25 +151,45 @@ TERMS = ("frozen_weights", "trainable_weights", "gradients", "optimizer_states",
 # ---------------------------------------------------------------------------------------------
 # Architecture helpers
 # ---------------------------------------------------------------------------------------------
+# Encoders with a gated (GeGLU) MLP.
+GATED_ENCODERS = frozenset({"modernbert"})
+# Model types whose attention is computed explicitly whatever the kernel setting (DeBERTa's
+# disentangled attention adds content-to-position and position-to-content score matrices).
+EAGER_ONLY = frozenset({"deberta", "deberta-v2"})
+
+
 def is_gated(spec: ModelSpec) -> bool:
-    return template(spec).gated
+    if spec.gated_mlp is not None:  # said by config.json (T5's feed_forward_proj)
+        return spec.gated_mlp
+    if spec.family == "encoder-decoder":
+        return False  # BART, Marian: fc1/fc2
+    if spec.family == "encoder":
+        return spec.model_type in GATED_ENCODERS
+    return spec.model_type not in NON_GATED_DECODERS
 
 
 def layer_linears(spec: ModelSpec) -> list[tuple[str, int, int]]:
-    """(role, d_in, d_out) of every linear layer in one transformer block, as the model type
-    builds them (fused q/k/v or gate/up where it fuses them): see advisor/activations.py."""
-    return block_linears(spec)
+    """(role, d_in, d_out) of every linear layer in one transformer block.
+    Roles: q, k, v, o, gate, up, down."""
+    h, hd = spec.hidden_size, spec.head_size
+    q_out, kv_out = spec.num_attention_heads * hd, spec.num_kv_heads * hd
+    f = spec.intermediate_size
+    out = [("q", h, q_out), ("k", h, kv_out), ("v", h, kv_out), ("o", q_out, h)]
+    if is_gated(spec):
+        out.append(("gate", h, f))
+    out += [("up", h, f), ("down", f, h)]
+    return out
 
 
-def lora_targets(spec: ModelSpec, setup: TrainSetup) -> set[str]:
-    """Roles with a LoRA adapter (peft's attention targets for the model type, or all-linear)."""
-    return adapter_roles(spec, setup)
+def lora_targets(setup: TrainSetup) -> set[str]:
+    # "attention": peft's defaults for Llama/BERT-like models (q_proj+v_proj, query+value)
+    return {"q", "v"} if setup.lora_targets == "attention" else {"q", "k", "v", "o", "gate", "up", "down"}
 
 
 def lora_params(spec: ModelSpec, setup: TrainSetup) -> int:
     """Trainable LoRA parameters: r x (d_in + d_out) per targeted matrix per layer."""
-    targets = adapter_roles(spec, setup)
-    per_layer = sum(setup.lora_rank * (i + o) for role, i, o in block_linears(spec) if role in targets)
+    targets = lora_targets(setup)
+    per_layer = sum(setup.lora_rank * (i + o) for role, i, o in layer_linears(spec) if role in targets)
     return per_layer * spec.num_layers
 
 
@@ -181,226 +213,376 @@ def effective_params(spec: ModelSpec, setup: TrainSetup) -> int:
 
 def block_linear_params(spec: ModelSpec) -> int:
     """Parameters in the transformer blocks' linear layers (what QLoRA quantises)."""
-    return spec.num_layers * sum(i * o for _, i, o in block_linears(spec))
+    return spec.num_layers * sum(i * o for _, i, o in layer_linears(spec))
 
 
 def frozen_bottom_layers(spec: ModelSpec, setup: TrainSetup) -> int:
-    """freeze: bottom layers kept frozen (None -> all but the top quarter, at least one trains;
-    as autotrain/techniques/freeze.py's frozen_count)."""
+    """freeze: bottom layers kept frozen (None -> all but the top quarter, at least one trains)."""
     L = spec.num_layers
     if setup.freeze_layers is None:
-        return L - max(1, L // 4)
+        return L - max(1, math.ceil(L / 4))
     return min(setup.freeze_layers, L)
 
 
-def lm_head_params(spec: ModelSpec, setup: TrainSetup) -> int:
-    """The output projection a generation step multiplies by (tied or not): V x h."""
-    return spec.vocab_size * spec.hidden_size if setup.task == "generation" else 0
+# ---------------------------------------------------------------------------------------------
+# Activations
+# ---------------------------------------------------------------------------------------------
+def layer_activation_bytes_per_token(spec: ModelSpec, setup: TrainSetup, *, weights_train: bool,
+                                     lora: set[str], e: float, c: Constants = CONSTANTS,
+                                     stream: float | None = None) -> float:
+    """Bytes one block saves for backward per token (sdpa/flash attention, no quadratic term).
+
+    weights_train: the block's own weights train (full, freeze's top layers): every linear saves
+    its input. lora: roles with a LoRA adapter (their adapter saves a copy of the input).
+    e: bytes per saved element (2 in 16-bit, 4 in fp32). stream: bytes per element of the residual
+    stream (4 under autocast with fp32 weights: LayerNorm runs in fp32 there)."""
+    stream = e if stream is None else stream
+    h, hd = spec.hidden_size, spec.head_size
+    q_w, kv_w = spec.num_attention_heads * hd, spec.num_kv_heads * hd
+    f = spec.intermediate_size
+    total = 0.0
+    # q, k, v and the attention output are saved by sdpa/flash whatever trains (all require grad),
+    # plus its fp32 log-sum-exp (one float per head per token).
+    total += e * (2 * q_w + 2 * kv_w) + 4 * spec.num_attention_heads
+    if spec.family == "decoder":
+        # two RMSNorms (transformers upcasts to fp32: the fp32 input is saved); their 16-bit output
+        # is saved only by a trainable weight multiply / trainable linear.
+        total += 2 * 4 * h + (2 * e * h if weights_train else 0)
+    else:
+        # two post-LayerNorms: input saved (+ output when the norm weight trains) + two hidden
+        # dropout masks (p = 0.1 in BERT-style configs).
+        total += 2 * stream * h + (2 * e * h if weights_train else 0) + 2 * c.dropout_mask_bytes * h
+    # MLP: gated: gate out (SiLU input), SiLU out and up out (the product's operands);
+    # plain: up out (GELU input).
+    if is_gated(spec):
+        total += 3 * e * f
+    else:
+        total += e * f
+    # inputs of the linear layers, saved for their weight gradients when the weights train:
+    # attention input (shared by q, k, v: the norm output counted above for decoders; for encoders
+    # the previous layer's LayerNorm output, counted there), o_proj input, down_proj input.
+    if weights_train:
+        total += e * q_w  # o_proj input (contiguous copy of the attention output)
+        total += e * f  # down_proj input (SiLU(gate) * up, or GELU output)
+    else:
+        # frozen base: the GELU output is not needed (frozen down_proj saves nothing), but a
+        # gated product still saves its operands (counted above).
+        pass
+    # LoRA adapters: each targeted linear saves its own copy of the input for lora_A.
+    for role, d_in, _ in layer_linears(spec):
+        if role in lora:
+            total += c.lora_input_bytes * d_in
+    return total * c.activation_scale
+
+
+def eager_attention_bytes_per_sample(spec: ModelSpec, setup: TrainSetup, e: float, softmax: float | None = None) -> float:
+    """Eager attention's a x s x s matrices per layer per sample (Korthikanti's 5*a*s^2 term):
+    decoders (transformers' eager_attention_forward): fp32 softmax output + its 16-bit cast;
+    encoders: softmax output + dropout mask + dropout output."""
+    a, s = spec.num_attention_heads, setup.seq_len
+    softmax = e if softmax is None else softmax  # autocast runs softmax in fp32
+    per = (4 + e) if spec.family == "decoder" else (softmax + 1 + e)
+    if spec.model_type in EAGER_ONLY:
+        per += 2 * e  # DeBERTa: c2p and p2c relative-position score matrices
+    if e == 4 and spec.family == "decoder":
+        per = 4  # fp32 softmax output is the cast
+    return a * s * s * per
 
 
 # ---------------------------------------------------------------------------------------------
-# Weights, gradients, optimizer states
+# The estimator
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Weights:
-    frozen: float = 0.0  # frozen weights
-    masters: float = 0.0  # trainable weights as stored (fp32 masters, fp32 adapters)
-    copies: float = 0.0  # 16-bit casts saved for backward (autocast): trainable linears + cast frozen heads
-    copies_head: float = 0.0  # the part of `copies` outside the blocks (they stay with checkpointing)
-    copies_block: float = 0.0  # one trained block's copies (a recomputed layer makes them again)
-    grads: float = 0.0  # one gradient per trainable parameter
-    opt: float = 0.0
-    embedding_grad: float = 0.0  # the input embeddings' gradient, when they train
-
-
-def weight_terms(spec: ModelSpec, setup: TrainSetup, policy: DtypePolicy, c: Constants,
-                 notes: list[str]) -> Weights:
-    """Bytes of weights, autocast's weight copies, gradients and optimizer states."""
-    tech, L, h = setup.technique, spec.num_layers, spec.hidden_size
-    P = effective_params(spec, setup)
-    copy = policy.autocast_copy  # 2 under autocast with fp32 trainable weights, else 0
-    lm = lm_head_params(spec, setup)
-    head = head_params(spec, setup)
-    block = sum(i * o for _, i, o in block_linears(spec))
-    adam = policy.adamw if setup.optimizer == "adamw" else c.adam8bit_bytes_per_param
-    w = Weights()
-    if tech == "full":
-        w.masters, w.grads, w.opt = P * policy.weight, P * policy.grad, P * adam
-        w.embedding_grad = spec.vocab_size * h * policy.grad
-        w.copies_block, w.copies_head = copy * block, copy * (lm + head)
-        w.copies = L * w.copies_block + w.copies_head
-    elif tech == "freeze":
-        k = frozen_bottom_layers(spec, setup)
-        per_layer = block + TEMPLATE_NORMS(spec) * h
-        untied_lm = lm if not spec.tied_embeddings else 0
-        n_train = min((L - k) * per_layer + h + head + untied_lm, P)
-        w.masters, w.frozen = n_train * policy.weight, (P - n_train) * policy.frozen
-        w.grads, w.opt = n_train * policy.grad, n_train * adam
-        # the LM head is cast whether it trains (untied) or not (tied to the frozen embeddings):
-        # the top layers need its gradient's input side
-        w.copies_block, w.copies_head = copy * block, copy * (lm + head)
-        w.copies = (L - k) * w.copies_block + w.copies_head
-        notes.append(f"freeze: bottom {k} of {L} layers and the embeddings frozen; "
-                     f"{n_train / 1e6:.1f}M parameters train")
-    else:  # lora, qlora: fp32 adapters (peft) and head
-        n_lora = lora_params(spec, setup) + head
-        ad16 = 2 if policy.act == 2 else 0  # autocast's 16-bit copies of the fp32 adapters
-        w.masters, w.grads = n_lora * ADAPTER_BYTES["weight"], n_lora * ADAPTER_BYTES["grad"]
-        w.opt = n_lora * (ADAPTER_BYTES["adamw"] if setup.optimizer == "adamw" else c.adam8bit_bytes_per_param)
-        base = P - head
-        w.copies_block = ad16 * lora_params(spec, setup) / L
-        w.copies_head = ad16 * head
-        if tech == "lora":
-            w.frozen = base * (4 if policy.act == 4 else 2)
-        else:
-            quantised = min(block_linear_params(spec), base)
-            rest = base - quantised
-            w.frozen = quantised * c.nf4_bytes_per_param + rest * 4  # k-bit prep: rest upcast to fp32
-            w.copies_head += ad16 * lm  # the fp32 LM head, cast for its product with the 16-bit input
-            notes.append(f"qlora: {quantised / 1e9:.2f}B block parameters in NF4 (double quant), "
-                         f"{rest / 1e6:.0f}M embedding/head/norm parameters upcast to fp32 by k-bit preparation")
-        w.copies = L * w.copies_block + w.copies_head
-        notes.append(f"{tech}: {n_lora / 1e6:.2f}M trainable parameters (rank {setup.lora_rank}, "
-                     f"{setup.lora_targets} targets), adapters in fp32")
-    return w
-
-
-def TEMPLATE_NORMS(spec: ModelSpec) -> int:  # noqa: N802 - norms per block (their weights: h each)
-    return template(spec).norms
-
-
-# ---------------------------------------------------------------------------------------------
-# Activations, the loss, and the moment of the peak
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Activations:
-    layers: float = 0.0  # what every trained block saves (no checkpointing)
-    checkpoints: float = 0.0  # with checkpointing: each trained block's input
-    block: float = 0.0  # one trained block's saved tensors (recomputed in backward with checkpointing)
-    model: float = 0.0  # saved outside the blocks: embeddings' norm, final norm, head input, masks, rotary
-    loss_forward: float = 0.0  # logits and loss while the loss is computed
-    loss_backward: float = 0.0  # ... and at the start of backward (log-softmax output and two gradients)
-    tied_head: bool = False  # a generation head tied to the input embeddings
-    forward_transient: float = 0.0  # a block's working tensors at the forward's peak
-    backward_transient: float = 0.0  # a block's gradients and working tensors during its backward
-
-
-def activation_terms(spec: ModelSpec, setup: TrainSetup, precision: str, policy: DtypePolicy,
-                     c: Constants, notes: list[str]) -> Activations:
-    tech, L, h = setup.technique, spec.num_layers, spec.hidden_size
-    b, s, V = setup.batch_size, setup.seq_len, spec.vocab_size
-    T = b * s
-    fl = flow(tech, precision, pure_16bit=policy.autocast_copy == 0 and policy.act == 2 and policy.weight == 2)
-    t = template(spec)
-    trained = L - frozen_bottom_layers(spec, setup) if tech == "freeze" else L
-    a = Activations()
-    first = L - trained
-    a.layers = sum(block_bytes(spec, setup, fl, layer) for layer in range(first, L))
-    a.block = max((block_bytes(spec, setup, fl, layer) for layer in range(first, L)), default=0.0)
-    # transformers' gradient_checkpointing_enable makes the embeddings' output require grad, so
-    # with freeze every layer is checkpointed and back-propagated through, frozen ones too
-    a.checkpoints = L * stream_bytes(spec, fl) * h * T
-    a.model = model_bytes(spec, setup, fl)
-    if setup.task == "generation":
-        tokens = min(T, c.chunked_loss_tokens) if setup.chunked_loss else T
-        # forward: the logits (compute dtype), their fp32 upcast and log-softmax (one fp32 tensor
-        # when the logits are fp32); backward: log-softmax's output and two fp32 gradients
-        a.loss_forward = (fl.compute + 4 + (4 if fl.compute < 4 else 0)) * tokens * V
-        a.loss_backward = 12 * tokens * V
-        if t.softcap:  # logit soft-capping: scaled logits, their tanh (saved), the capped logits
-            a.loss_forward += 3 * fl.compute * tokens * V
-            a.loss_backward += fl.compute * tokens * V
-        if not setup.chunked_loss and a.loss_backward > 0.25 * GIB:
-            notes.append(f"logits: {a.loss_backward / GIB:.2f} GiB for a {V:,}-token vocabulary at the start of "
-                         "backward; a chunked/fused cross-entropy would remove most of it")
-    a.forward_transient = transient_bytes(spec, setup, fl) * T
-    a.backward_transient = transient_bytes(spec, setup, fl, backward=True) * T
-    a.tied_head = setup.task == "generation" and spec.tied_embeddings
-    return a
-
-
-def peak_phases(w: Weights, a: Activations, setup: TrainSetup) -> dict[str, dict[str, float]]:
-    """The candidate moments of the peak, each as (gradients, weight copies, activations, logits):
-    the end of the forward (the loss being computed), the start of backward (the loss's gradient),
-    a block's backward (recomputed first with checkpointing) and, without accumulation, the end of
-    backward (every gradient made). The peak is the largest."""
-    accumulating = setup.grad_accum != 1  # earlier micro-batches' gradients live throughout
-    g = w.grads if accumulating else 0.0
-    ckpt = setup.gradient_checkpointing
-    saved = a.model + (a.checkpoints if ckpt else a.layers)
-    copies_bw = w.copies_head if ckpt else w.copies
-    phases = {
-        # the autocast cache keeps every weight copy until the forward ends, checkpointing or not
-        "forward": {"gradients": g, "copies": w.copies, "activations": saved + a.forward_transient,
-                    "logits": a.loss_forward},
-        "loss_backward": {"gradients": g, "copies": copies_bw, "activations": saved, "logits": a.loss_backward},
-        "block_backward": {"gradients": g, "copies": copies_bw + (w.copies_block if ckpt else 0.0),
-                           "activations": saved + (a.block if ckpt else 0.0) + a.backward_transient, "logits": 0.0},
-    }
-    if not accumulating:
-        phases["backward_end"] = {"gradients": w.grads, "copies": 0.0, "activations": a.model, "logits": 0.0}
-    # the embeddings' backward makes a whole V x h gradient before adding it to the one that exists
-    # (earlier micro-batches', or the tied LM head's)
-    if w.embedding_grad and (accumulating or a.tied_head):
-        phases["embedding_backward"] = {"gradients": w.grads, "copies": 0.0, "activations": w.embedding_grad,
-                                        "logits": 0.0}
-    return phases
-
-
 def estimate(spec: ModelSpec, setup: TrainSetup, constants: Constants | None = None,
              dtype_policy: str | None = None) -> Estimate:
     """Predicted peak memory of training `spec` with `setup`, by term (bytes).
 
-    The tensor terms are those alive at the peak moment (`peak_phases`); cuda_context and
-    allocator_margin are what a GPU adds (calibrated on published runs). dtype_policy: a key of
-    TRAINING_DTYPES overriding the one setup.precision chooses (to compare with runs of other
-    stacks, e.g. "bf16-pure")."""
+    dtype_policy: a key of TRAINING_DTYPES to override the one chosen by setup.precision (used to
+    compare with published runs that trained differently, e.g. "bf16-mixed")."""
     c = constants or CONSTANTS
-    notes = _setup_notes(spec, setup)
-    on_cpu = setup.device == "cpu"
-    precision = "fp32" if on_cpu else setup.precision
-    policy = TRAINING_DTYPES[dtype_policy or precision]
-    w = weight_terms(spec, setup, policy, c, notes)
-    a = activation_terms(spec, setup, precision, policy, c, notes)
-    phases = peak_phases(w, a, setup)
-    static = w.frozen + w.masters + w.opt
-    name, at = max(phases.items(), key=lambda kv: sum(kv[1].values()))
-    context = 0.0 if on_cpu else c.cuda_context_bytes
-    margin = c.allocator_dynamic_frac * (at["activations"] + at["logits"]) + c.allocator_static_frac * static
-    breakdown = {
-        "frozen_weights": w.frozen, "trainable_weights": w.masters + at["copies"], "gradients": at["gradients"],
-        "optimizer_states": w.opt, "activations": at["activations"], "logits_and_loss": at["logits"],
-        "cuda_context": context, "allocator_margin": margin,
-    }
-    breakdown_int = {k: int(round(v)) for k, v in breakdown.items()}
-    notes.append(f"peak at the {name.replace('_', ' ')}")
-    return Estimate(peak_bytes=sum(breakdown_int.values()), breakdown_bytes=breakdown_int, notes=notes)
-
-
-def _setup_notes(spec: ModelSpec, setup: TrainSetup) -> list[str]:
-    notes = []
-    if setup.device == "cpu" and setup.precision != "fp32":
-        notes.append("CPU: training runs in fp32; the figure is RAM, not GPU memory")
-    if setup.device == "cpu" and setup.technique == "qlora":
-        notes.append("CPU: QLoRA runs (bitsandbytes CPU kernels) but is slower than LoRA")
-    if setup.technique == "qlora" and not setup.gradient_checkpointing:
-        notes.append("qlora: peft's prepare_model_for_kbit_training turns gradient checkpointing on "
-                     "unless told not to; this estimate assumes it is off as requested")
-    if setup.optimizer == "paged-adamw-8bit":
-        notes.append("paged-adamw-8bit: optimizer states are counted on the GPU, but under memory "
-                     "pressure they are paged to CPU RAM, so the real peak can be lower")
+    if spec.family == "encoder-decoder":
+        return estimate_encoder_decoder(spec, setup, c, dtype_policy)
+    if setup.task in SEQ2SEQ_TASKS:  # a decoder reads source and target as one seq_len sequence
+        setup = replace(setup, task="generation")
+    notes: list[str] = []
     if not spec.params_verified:
         notes.append(f"{spec.id}: {spec.params / 1e9:.2f}B parameters counted from config.json by generic rules "
                      f"(model type {spec.model_type!r}) and not checked against the weights: the estimate may be "
                      "far off; give the folder with its safetensors (or their index) to check it")
-    t = template(spec, setup)
-    if not known_template(spec):
-        notes.append(f"{spec.model_type}: activations counted as for a {'llama' if spec.family == 'decoder' else 'bert'}"
-                     "-shaped block (autoft estimate --trace measures this architecture itself)")
-    if t.eager and setup.seq_len >= 1024:
-        notes.append(f"{spec.model_type}: attention is computed explicitly (a x s x s scores per layer): "
-                     "transformers has no SDPA path for it")
-    return notes
+    on_cpu = setup.device == "cpu"
+    precision = "fp32" if on_cpu else setup.precision
+    if on_cpu and setup.precision != "fp32":
+        notes.append("CPU: training runs in fp32; the figure is RAM, not GPU memory")
+    if on_cpu and setup.technique == "qlora":
+        # bitsandbytes >= 0.48 runs NF4 layers on the CPU: it works, but dequantising every
+        # forward makes it slower than LoRA, and saves RAM only.
+        notes.append("CPU: QLoRA runs (bitsandbytes CPU kernels) but is slower than LoRA")
+    policy = TRAINING_DTYPES[dtype_policy or precision]
+    e = policy.act
+    b, s, L, h, V = setup.batch_size, setup.seq_len, spec.num_layers, spec.hidden_size, spec.vocab_size
+    tokens = b * s
+    P = effective_params(spec, setup)
+    tech = setup.technique
+    ckpt = setup.gradient_checkpointing
+    opt_per_param_full = policy.adamw
+    if setup.optimizer != "adamw":
+        opt_per_param_full = c.adam8bit_bytes_per_param
+
+    frozen = trainable = grads = opt = 0.0
+    stream_bytes = e  # bytes per element of the hidden state between blocks
+    logits_elem = c.logits_bytes_fp32 if e == 4 else c.logits_bytes_16bit
+    lora: set[str] = set()
+    trained_layers = L  # layers whose activations are saved (gradient flows through them)
+    layer_weights_train = False
+    extra_act = 0.0
+
+    if tech == "full":
+        trainable = P * (policy.weight + policy.autocast_copy)
+        grads = P * policy.grad
+        opt = P * opt_per_param_full
+        layer_weights_train = True
+    elif tech == "freeze":
+        k = frozen_bottom_layers(spec, setup)
+        per_layer = sum(i * o for _, i, o in layer_linears(spec)) + 2 * h
+        n_train = (L - k) * per_layer + h + head_params(spec, setup)  # top layers, final norm, head
+        n_train = min(n_train, P)
+        trainable = n_train * (policy.weight + policy.autocast_copy)
+        frozen = (P - n_train) * policy.frozen
+        grads = n_train * policy.grad
+        opt = n_train * opt_per_param_full
+        trained_layers = L - k
+        layer_weights_train = True
+        notes.append(f"freeze: bottom {k} of {L} layers and the embeddings frozen; "
+                     f"{n_train / 1e6:.1f}M parameters train")
+    else:  # lora, qlora
+        n_lora = lora_params(spec, setup) + head_params(spec, setup)
+        adam = ADAPTER_BYTES["adamw"] if setup.optimizer == "adamw" else c.adam8bit_bytes_per_param
+        trainable = n_lora * ADAPTER_BYTES["weight"]
+        grads = n_lora * ADAPTER_BYTES["grad"]
+        opt = n_lora * adam
+        lora = lora_targets(setup)
+        base = P - head_params(spec, setup)
+        if tech == "lora":
+            frozen = base * (4 if precision == "fp32" else 2)
+        else:
+            quantised = min(block_linear_params(spec), base)
+            rest = base - quantised
+            frozen = quantised * c.nf4_bytes_per_param + rest * 4  # k-bit prep: rest upcast to fp32
+            # one weight dequantised to the compute dtype at a time
+            extra_act += max(i * o for _, i, o in layer_linears(spec)) * 2
+            stream_bytes = 4  # fp32 embeddings and norms make the residual stream fp32
+            # the lm_head is fp32 after k-bit preparation and common QLoRA recipes cast its output
+            # to fp32: fp32 logits (fms-acceleration's bnb runs measure ~16 B per logit, not 12)
+            logits_elem = c.logits_bytes_fp32
+            notes.append(f"qlora: {quantised / 1e9:.2f}B block parameters in NF4 (double quant), "
+                         f"{rest / 1e6:.0f}M embedding/head/norm parameters upcast to fp32 by k-bit preparation")
+            if not ckpt:
+                notes.append("qlora: peft's prepare_model_for_kbit_training turns gradient checkpointing on "
+                             "unless told not to; this estimate assumes it is off as requested")
+        notes.append(f"{tech}: {n_lora / 1e6:.2f}M trainable parameters (rank {setup.lora_rank}, "
+                     f"{setup.lora_targets} targets), adapters in fp32")
+    if setup.optimizer == "paged-adamw-8bit":
+        notes.append("paged-adamw-8bit: optimizer states are counted on the GPU, but under memory "
+                     "pressure they are paged to CPU RAM, so the real peak can be lower")
+
+    # -- activations --------------------------------------------------------------------------
+    mixed = policy.autocast_copy > 0  # fp32 weights under autocast: fp32 stream, norms, softmax
+    per_token = layer_activation_bytes_per_token(spec, setup, weights_train=layer_weights_train,
+                                                 lora=lora, e=e, c=c, stream=4 if mixed else None)
+    per_layer = per_token * tokens
+    eager = setup.attention == "eager" or spec.model_type in EAGER_ONLY
+    if eager and setup.attention != "eager":
+        notes.append(f"{spec.model_type}: attention is computed explicitly (a x s x s matrices per layer) "
+                     "whatever the kernel setting")
+    if eager:
+        per_layer += eager_attention_bytes_per_sample(spec, setup, e, 4 if mixed else None) * b
+    if trained_layers <= 0:
+        acts = 0.0
+    elif ckpt:
+        # one layer input per checkpointed layer + one layer's activations recomputed in backward.
+        # The recompute happens after the logits' gradient is consumed, so at the peak only the
+        # larger of the two lives: the logits term is counted in full below, the recomputed layer
+        # only beyond it.
+        acts = trained_layers * stream_bytes * h * tokens
+        recompute = per_layer
+    else:
+        acts = trained_layers * per_layer
+    acts += extra_act
+    if trained_layers <= 0 or not ckpt:
+        recompute = 0.0
+
+    # -- logits and loss ----------------------------------------------------------------------
+    if setup.task == "generation":
+        t = min(tokens, c.chunked_loss_tokens) if setup.chunked_loss else tokens
+        logits = logits_elem * t * V
+        if not setup.chunked_loss and V * tokens * logits_elem > 0.25 * GIB:
+            notes.append(f"logits: {logits / GIB:.2f} GiB for a {V:,}-token vocabulary; a chunked/fused "
+                         "cross-entropy would remove most of it")
+    else:
+        logits = 16.0 * b * max(setup.num_labels, 1) * (s if spec.family == "decoder" else 1)
+
+    if recompute:
+        acts += max(0.0, recompute - logits)
+    # optimizer step temporaries: live after the activations and logits are freed
+    if setup.optimizer == "adamw" and c.adamw_step_temp_frac > 0:
+        opt += max(0.0, c.adamw_step_temp_frac * opt - acts - logits)
+
+    context = 0.0 if on_cpu else c.cuda_context_bytes
+    static = frozen + trainable + grads + opt
+    margin = c.allocator_dynamic_frac * (acts + logits) + c.allocator_static_frac * static
+    breakdown = {
+        "frozen_weights": frozen, "trainable_weights": trainable, "gradients": grads,
+        "optimizer_states": opt, "activations": acts, "logits_and_loss": logits,
+        "cuda_context": context, "allocator_margin": margin,
+    }
+    breakdown_int = {k: int(round(v)) for k, v in breakdown.items()}
+    if eager and s >= 1024:
+        notes.append("eager attention stores a x s x s score matrices per layer; sdpa/flash attention avoids them")
+    return Estimate(peak_bytes=sum(breakdown_int.values()), breakdown_bytes=breakdown_int, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder-decoders (T5, BART, Marian): two stacks, two lengths
+# ---------------------------------------------------------------------------------------------
+# The encoder reads seq_len source tokens, the decoder writes target_len target tokens; each
+# decoder block adds cross-attention (q, o on target tokens; k, v on the encoder's output, so on
+# source tokens), and the LM head's logits cover target tokens only. T5 adds a learned relative
+# position bias to every attention, which SDPA receives as a float mask of b x heads x len_q x
+# len_k per layer (transformers' sdpa_attention create_position_bias_mask); BART and Marian use
+# plain SDPA. Pre-norm RMSNorm stacks (T5) are counted as the decoder-style norms above,
+# post-LayerNorm stacks with dropout (BART, Marian) as the encoder-style ones.
+RELATIVE_BIAS_TYPES = frozenset({"t5", "mt5", "umt5"})
+PRE_NORM_RMS_TYPES = RELATIVE_BIAS_TYPES
+
+
+def cross_attention_linears(spec: ModelSpec) -> list[tuple[str, int, int]]:
+    """(role, d_in, d_out) of a decoder block's cross-attention: q and o act on target tokens,
+    k and v on the encoder output (source tokens)."""
+    h, hd = spec.hidden_size, spec.head_size
+    q_out, kv_out = spec.num_attention_heads * hd, spec.num_kv_heads * hd
+    return [("q", h, q_out), ("k", h, kv_out), ("v", h, kv_out), ("o", q_out, h)]
+
+
+def encoder_decoder_layers(spec: ModelSpec) -> tuple[int, int]:
+    return spec.num_layers, spec.num_decoder_layers or spec.num_layers
+
+
+def encoder_decoder_lora_params(spec: ModelSpec, setup: TrainSetup) -> int:
+    """LoRA parameters over both stacks: r x (d_in + d_out) per targeted matrix, cross-attention
+    included (peft matches T5's EncDecAttention.q/v and BART's encoder_attn.q_proj/v_proj by name)."""
+    targets = lora_targets(setup)
+    L_enc, L_dec = encoder_decoder_layers(spec)
+    block = sum(setup.lora_rank * (i + o) for role, i, o in layer_linears(spec) if role in targets)
+    cross = sum(setup.lora_rank * (i + o) for role, i, o in cross_attention_linears(spec) if role in targets)
+    return L_enc * block + L_dec * (block + cross)
+
+
+def _stack_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec as one stack for layer_activation_bytes_per_token: pre-norm RMS stacks count like
+    decoder blocks, post-LayerNorm + dropout stacks like encoder blocks."""
+    fam = "decoder" if spec.model_type in PRE_NORM_RMS_TYPES else "encoder"
+    return replace(spec, family=fam, gated_mlp=is_gated(spec))
+
+
+def encoder_decoder_activations(spec: ModelSpec, setup: TrainSetup, *, trained: tuple[int, int],
+                                weights_train: bool, lora: set[str], e: float, stream: float,
+                                c: Constants = CONSTANTS) -> float:
+    """Bytes saved for backward by both stacks (no checkpointing). `trained`: (encoder layers whose
+    activations are kept, decoder layers whose weights train); the decoder's other layers still
+    save their frozen-form activations when the gradient must reach the encoder through them."""
+    b, s = setup.batch_size, setup.seq_len
+    t = setup.target_len or setup.seq_len
+    L_enc, L_dec = encoder_decoder_layers(spec)
+    one = _stack_spec(spec)
+    a, h = spec.num_attention_heads, spec.hidden_size
+    q_w, kv_w = a * spec.head_size, spec.num_kv_heads * spec.head_size
+
+    def block(train: bool) -> float:
+        return layer_activation_bytes_per_token(one, setup, weights_train=train, lora=lora, e=e, c=c, stream=stream)
+
+    enc = trained[0] * block(weights_train) * b * s
+    # decoder: self-attention block as above, plus cross-attention per target token (q, output,
+    # o input, its norm, log-sum-exp) and per source token (k and v of the encoder output)
+    cross_t = e * 2 * q_w + 4 * a + stream * h + (e * (q_w + h) if weights_train else 0)
+    cross_t += sum(c.lora_input_bytes * i for role, i, _ in cross_attention_linears(spec) if role in lora and role in "qo")
+    cross_s = 2 * e * kv_w + sum(c.lora_input_bytes * i for role, i, _ in cross_attention_linears(spec)
+                                 if role in lora and role in "kv")
+    n_dec_train = trained[1]
+    dec = (n_dec_train * block(weights_train) + (L_dec - n_dec_train) * block(False)) * b * t
+    dec += L_dec * (cross_t * b * t + cross_s * b * s) * c.activation_scale
+    dec += (e * h * b * s if weights_train else 0)  # the encoder output, saved once for the k/v weights
+    if spec.model_type in RELATIVE_BIAS_TYPES:  # float bias masks, fp32, one per attention
+        dec += 4 * a * b * (L_dec * (t * t + t * s))
+        enc += 4 * a * b * trained[0] * s * s
+    return enc + dec
+
+
+def estimate_encoder_decoder(spec: ModelSpec, setup: TrainSetup, c: Constants = CONSTANTS,
+                             dtype_policy: str | None = None) -> Estimate:
+    """Peak memory of fine-tuning an encoder-decoder on source (seq_len) -> target (target_len)."""
+    notes: list[str] = []
+    on_cpu = setup.device == "cpu"
+    precision = "fp32" if on_cpu else setup.precision
+    policy = TRAINING_DTYPES[dtype_policy or precision]
+    e, mixed = policy.act, policy.autocast_copy > 0
+    stream = 4 if mixed else e
+    b, s, h, V = setup.batch_size, setup.seq_len, spec.hidden_size, spec.vocab_size
+    t = setup.target_len or s
+    L_enc, L_dec = encoder_decoder_layers(spec)
+    P, tech = spec.params, setup.technique
+    opt_full = policy.adamw if setup.optimizer == "adamw" else c.adam8bit_bytes_per_param
+    frozen = trainable = grads = opt = extra = 0.0
+    lora: set[str] = set()
+    trained, weights_train = (L_enc, L_dec), tech in ("full", "freeze")
+    logits_elem = c.logits_bytes_fp32 if e == 4 else c.logits_bytes_16bit
+    block_enc = sum(i * o for _, i, o in layer_linears(spec)) + 2 * h
+    block_dec = block_enc + sum(i * o for _, i, o in cross_attention_linears(spec)) + h
+    if tech == "full":
+        trainable, grads, opt = P * (policy.weight + policy.autocast_copy), P * policy.grad, P * opt_full
+    elif tech == "freeze":
+        k_enc = frozen_bottom_layers(replace(spec, num_layers=L_enc), setup)
+        k_dec = frozen_bottom_layers(replace(spec, num_layers=L_dec), setup)
+        n = min(P, (L_enc - k_enc) * block_enc + (L_dec - k_dec) * block_dec + 2 * h
+                + (0 if spec.tied_embeddings else V * h))
+        trainable, frozen = n * (policy.weight + policy.autocast_copy), (P - n) * policy.frozen
+        grads, opt, trained = n * policy.grad, n * opt_full, (L_enc - k_enc, L_dec - k_dec)
+        notes.append(f"freeze: bottom {k_enc} of {L_enc} encoder and {k_dec} of {L_dec} decoder layers and the "
+                     f"embeddings frozen; {n / 1e6:.1f}M parameters train")
+    else:
+        n = encoder_decoder_lora_params(spec, setup)
+        adam = ADAPTER_BYTES["adamw"] if setup.optimizer == "adamw" else c.adam8bit_bytes_per_param
+        trainable, grads, opt = n * ADAPTER_BYTES["weight"], n * ADAPTER_BYTES["grad"], n * adam
+        lora = lora_targets(setup)
+        if tech == "lora":
+            frozen = P * (4 if precision == "fp32" else 2)
+        else:
+            quantised = min(L_enc * (block_enc - 2 * h) + L_dec * (block_dec - 3 * h), P)
+            frozen = quantised * c.nf4_bytes_per_param + (P - quantised) * 4
+            extra = max(i * o for _, i, o in layer_linears(spec)) * 2
+            stream, logits_elem = 4, c.logits_bytes_fp32
+        notes.append(f"{tech}: {n / 1e6:.2f}M trainable parameters (rank {setup.lora_rank}, "
+                     f"{setup.lora_targets} targets, encoder, decoder and cross-attention), adapters in fp32")
+    acts = encoder_decoder_activations(spec, setup, trained=trained, weights_train=weights_train, lora=lora,
+                                       e=e, stream=stream, c=c)
+    logits = logits_elem * b * t * V  # the LM head covers target tokens only
+    if setup.gradient_checkpointing:
+        # block inputs kept, one block recomputed at a time (counted beyond the logits, as above)
+        kept = stream * h * b * (trained[0] * s + L_dec * t) + e * h * b * s
+        one_block = acts / max(1, trained[0] + L_dec)
+        acts = kept + max(0.0, one_block - logits)
+    acts += extra
+    context = 0.0 if on_cpu else c.cuda_context_bytes
+    static = frozen + trainable + grads + opt
+    margin = c.allocator_dynamic_frac * (acts + logits) + c.allocator_static_frac * static
+    breakdown = {"frozen_weights": frozen, "trainable_weights": trainable, "gradients": grads,
+                 "optimizer_states": opt, "activations": acts, "logits_and_loss": logits,
+                 "cuda_context": context, "allocator_margin": margin}
+    bd = {k: int(round(v)) for k, v in breakdown.items()}
+    notes.append(f"encoder-decoder: {L_enc} encoder layers over {s} source tokens, {L_dec} decoder layers over "
+                 f"{t} target tokens; logits over the target tokens only")
+    if spec.model_type in RELATIVE_BIAS_TYPES:
+        notes.append(f"{spec.model_type}: the relative position bias reaches attention as a b x heads x len x len "
+                     "float mask per layer")
+    return Estimate(peak_bytes=sum(bd.values()), breakdown_bytes=bd, notes=notes)
 
 
 def predicted(est: Estimate, what: str = "peak") -> int:

@@ -22,24 +22,34 @@ does not fit is refused with the nearest setting that does, unless `question.for
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from autoft.advisor import sharding
 from autoft.advisor.question import Question
 from autoft.advisor.rules_engine import Outcome, load_rules, nice
-from autoft.advisor.spec import TECHNIQUES, Estimate, Hardware, ModelSpec, TrainSetup
+from autoft.advisor.spec import SEQ2SEQ_TASKS, TECHNIQUES, Estimate, Hardware, ModelSpec, TrainSetup
+from autoft.advisor.units import GIB
 from autoft.errors import AutoftError
 
-GIB = 1024**3
 SAFETY = {"gpu": 0.9, "cpu": 0.8}  # plan under this share of memory (RAM also holds the OS and data)
-DEFAULT_SEQ_LEN = {"classification": 256, "generation": 1024}  # when the data's lengths are unknown
+DEFAULT_SEQ_LEN = {"classification": 256, "generation": 1024,  # when the data's lengths are unknown
+                   "summarization": 512, "translation": 128}
+# summarization/translation: target length when the data's is unknown, and the tokens a decoder's
+# instruction prompt ("Translate the following text from English to German." + template) adds
+DEFAULT_TARGET_LEN = {"summarization": 128, "translation": 128}
+PROMPT_OVERHEAD = 32
 MAX_BATCH_SEARCH = 256  # the largest micro-batch the fit search looks for
 SCHEMA_VERSION = 1
 # How the trainer reads each search-space entry (documented in docs/advise-json.md).
 SEARCH_SPACE_KINDS = {"learning_rate": "log-range", "weight_decay": "range", "warmup_ratio": "range",
-                      "layer_decay": "range", "lora_rank": "choices", "lora_dropout": "choices"}
+                      "layer_decay": "range", "lora_rank": "choices", "lora_dropout": "choices",
+                      "model_dropout": "choices"}
+# Validation metrics the search can rank by (the keys of Trial.evaluate()) -> higher is better.
+METRICS = {"accuracy": True, "macro_f1": True, "micro_f1": True, "loss": False, "eval_loss": False}
 _MLP_MODULES = {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "dense", "fc1", "fc2", "lin1",
-                "lin2", "c_fc", "Wi", "dense_h_to_4h", "dense_4h_to_h", "w1", "w2", "w3"}
+                "lin2", "c_fc", "Wi", "dense_h_to_4h", "dense_4h_to_h", "w1", "w2", "w3",
+                "wi", "wi_0", "wi_1", "wo"}  # the last four: T5's MLP
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,30 +62,46 @@ class Recommendation:
 
     model: dict  # ModelSpec.to_dict(): id, params, languages, domains, licence, family, model_type, ...
     technique: str
-    batch_size: int
-    gradient_accumulation_steps: int
-    effective_batch_size: int
-    seq_len: int
-    precision: str
-    gradient_checkpointing: bool
-    optimizer: str
-    lora: dict | None  # {r, alpha, dropout, target_modules}
-    freeze_layers: int | None
-    estimate: dict  # Estimate.to_dict(): peak_gib, breakdown_gib, notes
-    fits: bool  # predicted peak <= safety x memory_gib
-    memory_gib: float  # memory per device it planned against
-    safety: float
-    max_batch_size: int  # largest micro-batch that fits (0: not even 1), before the caps
-    gpu: dict  # kind, name, memory_gib, bf16, count, source, cpu_cores, ram_gib, reason
-    reasons: list[dict]  # {rule, because, facts}
-    alternatives: list[dict]
-    search_space: dict
-    task: str
-    num_labels: int | None
+    # Defaults below are what a hand-written recommendation (only model and technique, say) trains
+    # with; the advisor always sets every field.
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    effective_batch_size: int = 0
+    seq_len: int = 128
+    precision: str = "bf16"  # the trainer uses fp32 on the CPU whatever this says
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw"
+    lora: dict | None = None  # {r, alpha, dropout, target_modules}
+    freeze_layers: int | None = None
+    estimate: dict = field(default_factory=dict)  # Estimate.to_dict(): peak_gib, breakdown_gib, notes
+    fits: bool = True  # predicted peak <= safety x memory_gib
+    memory_gib: float = 0.0  # memory per device it planned against
+    safety: float = SAFETY["gpu"]
+    max_batch_size: int = 0  # largest micro-batch that fits (0: not even 1), before the caps
+    gpu: dict = field(default_factory=dict)  # kind, name, memory_gib, bf16, count, source, cpu_cores, ram_gib, reason
+    reasons: list[dict] = field(default_factory=list)  # {rule, because, facts}
+    alternatives: list[dict] = field(default_factory=list)
+    search_space: dict = field(default_factory=dict)
+    task: str | None = None
+    num_labels: int | None = None
     warnings: list[str] = field(default_factory=list)
+    # summarization/translation on an encoder-decoder: decoder length in tokens (seq_len is the
+    # encoder's); a decoder reads source and target within seq_len
+    target_len: int | None = None
     question: dict = field(default_factory=dict)
+    class_weights: str = "none"  # classification loss: balanced | none (autotrain/imbalance.py)
+    metric: str | None = None  # validation metric the search ranks by (a key of Trial.evaluate())
+    metric_higher_is_better: bool = True
     trust_remote_code: bool = False
+    # several processes (--gpus N, --processes N, --nnodes M): how they share the work (ddp or
+    # fsdp; None for one process); the estimate and batch size are then per GPU
+    strategy: str | None = None
+    world_size: int = 1
     schema_version: int = SCHEMA_VERSION
+    # predicted speed of this setting (advisor/speed.py): examples_per_s, step_s, epoch_s,
+    # tokens_per_example, how it was assumed, the efficiency assumed and its source; None when
+    # the GPU has no throughput figures
+    speed: dict | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -91,7 +117,8 @@ class Recommendation:
         return _train_setup(self.technique, self.task, self.batch_size, self.seq_len, self.precision,
                             self.gradient_checkpointing, self.optimizer,
                             (self.lora or {}).get("r", 16), (self.lora or {}).get("target_modules", "all-linear"),
-                            self.freeze_layers, self.num_labels, "cpu" if self.gpu.get("kind") == "cpu" else "cuda")
+                            self.freeze_layers, self.num_labels, "cpu" if self.gpu.get("kind") == "cpu" else "cuda",
+                            target_len=self.target_len)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,11 +133,16 @@ class Recommendation:
             raise AutoftError(f"recommendation schema {d['schema_version']} is newer than this autoft "
                               f"reads ({SCHEMA_VERSION})", "upgrade autoft")
         names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        for f in fields(cls):
-            if f.name not in kw and f.default is MISSING and f.default_factory is MISSING:
-                raise AutoftError(f"recommendation has no {f.name!r}", "pass the output of `autoft advise --json`")
+        kw = {k: v for k, v in d.items() if k in names and v is not None}
+        if not isinstance(kw["model"], dict):  # a bare id or path
+            kw["model"] = {"id": str(kw["model"])}
+        if not kw["model"].get("id"):
+            raise AutoftError("the recommendation's model has no id", "give model as {\"id\": ...} or a string")
         return cls(**kw)
+
+    @property
+    def model_id(self) -> str:
+        return str(self.model["id"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +157,7 @@ def _round_seq(n: int) -> int:
 
 
 def _train_setup(technique, task, batch, seq_len, precision, ckpt, optimizer, lora_r, targets,
-                 freeze_layers, num_labels, device) -> TrainSetup:
+                 freeze_layers, num_labels, device, target_len: int | None = None) -> TrainSetup:
     if isinstance(targets, list):
         scope = "all-linear" if set(targets) & _MLP_MODULES else "attention"
     else:
@@ -133,7 +165,19 @@ def _train_setup(technique, task, batch, seq_len, precision, ckpt, optimizer, lo
     return TrainSetup(technique=technique, task=task, batch_size=max(1, int(batch)), seq_len=int(seq_len),
                       precision=precision, gradient_checkpointing=bool(ckpt), optimizer=optimizer,
                       lora_rank=int(lora_r), lora_targets=scope, freeze_layers=freeze_layers,
-                      num_labels=int(num_labels or 2), device=device)
+                      num_labels=int(num_labels or 2), device=device, target_len=target_len)
+
+
+def _catalog_extra(model_id: str) -> dict:
+    from autoft.advisor.catalog import catalog_extra
+
+    return catalog_extra(model_id)
+
+
+def _model_tasks(spec: ModelSpec) -> list[str]:
+    from autoft.advisor.catalog import model_tasks
+
+    return model_tasks(spec)
 
 
 def _gib(b: float) -> float:
@@ -182,6 +226,8 @@ class _Plan:
     reasons: list[dict]
     search_space: dict
     effective: int = 0
+    speed: Any = None  # speed.SpeedPrediction of this setting, or None
+    strategy: str | None = None
 
 
 class _Advisor:
@@ -196,6 +242,10 @@ class _Advisor:
         self.fixed_model = fixed_model
         if q.task is not None:
             self.task = q.task
+        elif fixed_model is not None and fixed_model.family == "encoder-decoder":
+            self.task = "summarization"
+            self.warnings.append("task not given: assumed summarization for an encoder-decoder model "
+                                 "(pass --task translation, or --data)")
         elif fixed_model is not None and fixed_model.family == "decoder":
             self.task = "generation"
             self.warnings.append("task not given: assumed generation for a decoder model "
@@ -203,27 +253,54 @@ class _Advisor:
         else:
             self.task = "classification"
             self.warnings.append("task not given: assumed classification (pass --task generation, or --data)")
-        if fixed_model is not None and self.task == "generation" and fixed_model.family == "encoder":
+        if fixed_model is not None and self.task != "classification" and fixed_model.family == "encoder":
             raise AutoftError(f"{fixed_model.id} is an encoder: it cannot be fine-tuned to generate text",
                               "pick a decoder model (--model), or use --task classification")
+        if self.task == "translation" and not (q.source_lang and q.target_lang):
+            raise AutoftError("translation needs the two languages", "pass --source-lang and --target-lang, "
+                              "or --data with a translation column")
         self.kind = hw.kind
         self.safety = SAFETY[self.kind]
         mem = hw.memory_bytes or (8 * GIB)
-        self.memory = int(mem)
+        # A search trial that gets a share of a GPU (--gpus-per-trial 0.5: two trials per GPU)
+        # must fit in that share: the plan is per trial.
+        self.share = float(q.gpus_per_trial) if self.kind == "gpu" and q.gpus_per_trial else 1.0
+        self.memory = int(mem * self.share)
+        name = _gpu_summary(hw)["name"]
+        self.where = (f"{self.memory / GIB:.1f} GiB on {name}" if self.share == 1.0 else
+                      f"{self.memory / GIB:.1f} GiB, the {self.share:g} share of {name}'s {mem / GIB:.1f} GiB "
+                      "each trial gets")
+        if q.gpus_per_trial and self.kind != "gpu":
+            self.warnings.append("--gpus-per-trial applies to GPUs: planning for this CPU's memory as a whole")
         self.budget = self.safety * self.memory
         self.device = "cpu" if self.kind == "cpu" else "cuda"
-        self.gpus = max(1, len(hw.gpus)) if self.kind == "gpu" else 1
+        # data-parallel processes in all; each GPU (or, on the CPU, its share of the RAM) holds one
+        self.world = q.processes * (q.nnodes or 1) if q.processes else (
+            max(1, len(hw.gpus)) * (q.nnodes or 1) if self.kind == "gpu" else q.nnodes or 1)
+        if self.kind == "cpu" and self.world > 1:
+            mem = mem / (q.processes or 1)  # the processes of one machine share its RAM
+            self.memory = int(mem)
+            self.budget = self.safety * self.memory
+        # (model id, technique) -> (strategy, its reason), decided by the `strategy` rules
+        self.strategies: dict[tuple[str, str], tuple[str, dict]] = {}
         g = hw.gpu
+        language = q.source_lang if self.task == "translation" else q.language
         self.base = {
-            "task": self.task, "domain": q.domain, "language": q.language, "data_size": q.data_size,
+            "task": self.task, "domain": q.domain, "language": language, "data_size": q.data_size,
+            "source_lang": q.source_lang, "target_lang": q.target_lang,
+            "target_len_p95": q.target_len_p95, "target_len_p99": q.target_len_p99,
             "num_labels": q.num_labels, "seq_len_p95": q.seq_len_p95, "seq_len_p99": q.seq_len_p99,
             "hw_kind": self.kind, "gpu_name": g.name if g else None,
             "gpu_count": len(hw.gpus) if self.kind == "gpu" else 0,
             "gpu_bf16": bool(g.bf16) if g else False,
             "memory_gib": nice(self.memory / GIB), "budget_gib": nice(self.budget / GIB),
             "cpu_cores": hw.cpu_cores, "ram_gib": nice(hw.ram_bytes / GIB) if hw.ram_bytes else None,
+            "imbalance_ratio": q.imbalance_ratio, "majority_share": q.majority_share,
+            "multi_label": q.multi_label,
+            "world_size": self.world,
         }
         self.seq_wanted, self.seq_reason = self._seq_wanted()
+        self.target_wanted, self.target_reason = self._target_wanted()
 
     # -- facts -----------------------------------------------------------------------------------
     def _seq_wanted(self) -> tuple[int, dict]:
@@ -240,17 +317,49 @@ class _Advisor:
         return _round_seq(n), _reason("SEQ-LEN", src + "; rounded up to a multiple of 8 (64 above 128)",
                                       seq_len_p95=q.seq_len_p95, seq_len_p99=q.seq_len_p99)
 
+    def _target_wanted(self) -> tuple[int | None, dict | None]:
+        """Summarization/translation: the target (decoder) length, from the targets' percentiles."""
+        q = self.q
+        if self.task not in SEQ2SEQ_TASKS:
+            return None, None
+        if q.target_len_p99:
+            n, src = q.target_len_p99, f"99% of your targets are at most {q.target_len_p99} tokens"
+        elif q.target_len_p95:
+            n, src = q.target_len_p95, f"95% of your targets are at most {q.target_len_p95} tokens"
+        else:
+            n = DEFAULT_TARGET_LEN[self.task]
+            src = f"target lengths unknown (no --data): {n} tokens, the default for {self.task}"
+        return _round_seq(n), _reason("TARGET-LEN", src + "; the decoder's length, rounded up like the "
+                                      "source's; a decoder model reads source, target and a prompt of about "
+                                      f"{PROMPT_OVERHEAD} tokens as one sequence", target_len_p95=q.target_len_p95,
+                                      target_len_p99=q.target_len_p99)
+
     def model_facts(self, spec: ModelSpec) -> dict:
         f = dict(self.base)
-        seq = self.seq_wanted if self.q.seq_len else min(self.seq_wanted, spec.max_positions)
+        wanted = self.seq_wanted
+        if self.target_wanted and spec.family == "decoder" and not self.q.seq_len:
+            wanted = _round_seq(self.seq_wanted + self.target_wanted + PROMPT_OVERHEAD)
+        seq = wanted if self.q.seq_len else min(wanted, spec.max_positions)
+        langs = [x.lower() for x in spec.languages]
+        src, tgt = self.q.source_lang, self.q.target_lang
+        pair = bool(src and tgt and _knows(src, langs) and _knows(tgt, langs))
+        f.update({
+            "knows_pair": pair,
+            "translates_pair": bool(src and tgt and f"{src}-{tgt}" in _catalog_extra(spec.id).get("translates", [])),
+            "pair_specific": bool(src and tgt and sorted(langs) == sorted({src, tgt})
+                                  and f"{src}-{tgt}" in _catalog_extra(spec.id).get("translates", [])),
+            "model_tasks": _model_tasks(spec),
+            "target_len_wanted": self.target_wanted,
+            "target_len": None if self.target_wanted is None else min(self.target_wanted, spec.max_positions),
+        })
         f.update({
             "model": spec.id, "params": spec.params, "params_b": nice(spec.params / 1e9),
             "family": spec.family, "model_type": spec.model_type,
             "languages": list(spec.languages), "domains": list(spec.domains),
-            "knows_language": _knows(self.q.language, spec.languages),
+            "knows_language": pair if self.task == "translation" else _knows(self.q.language, spec.languages),
             "domain_match": self.q.domain in [d.lower() for d in spec.domains],
             "gated": bool(spec.gated), "max_positions": spec.max_positions,
-            "seq_len_wanted": self.seq_wanted, "seq_len": seq,
+            "seq_len_wanted": wanted, "seq_len": seq,
         })
         return f
 
@@ -274,6 +383,8 @@ class _Advisor:
             "targets": v.get("lora_targets", "all-linear"),
             "freeze": freeze,
             "seq_len": facts["seq_len"],
+            # an encoder-decoder's decoder length (a decoder reads everything within seq_len)
+            "target_len": facts.get("target_len") if spec.family == "encoder-decoder" else None,
         }
         return out, choice
 
@@ -281,21 +392,54 @@ class _Advisor:
                seq_len: int | None = None) -> TrainSetup:
         return _train_setup(technique, self.task, batch, seq_len or c["seq_len"], c["precision"],
                             c["ckpt"] if ckpt is None else ckpt, c["optimizer"], c["lora_r"], c["targets"],
-                            c["freeze"], self.q.num_labels, self.device)
+                            c["freeze"], self.q.num_labels, self.device, target_len=c.get("target_len"))
+
+    def _strategy(self, spec: ModelSpec, technique: str) -> str | None:
+        return self.strategies.get((spec.id, technique), ("ddp", {}))[0] if self.world > 1 else None
 
     def _peak(self, spec: ModelSpec, setup: TrainSetup) -> Estimate:
-        return self.mem.estimate(spec, setup)
+        """Peak memory of one GPU (one process's share of the RAM on the CPU)."""
+        if self.world == 1:
+            return self.mem.estimate(spec, setup)
+        return sharding.per_gpu_estimate(spec, setup, self.world, self._strategy(spec, setup.technique))
 
     def _max_batch(self, spec: ModelSpec, setup: TrainSetup) -> int:
-        return self.mem.max_batch_size(spec, setup, self.memory, safety=self.safety, limit=MAX_BATCH_SEARCH)
+        return sharding.max_batch_size(spec, setup, self.world, self._strategy(spec, setup.technique) or "ddp",
+                                       self.memory, safety=self.safety, limit=MAX_BATCH_SEARCH)
+
+    def choose_strategy(self, spec: ModelSpec, setup: TrainSetup) -> None:
+        """Several processes: estimate DDP and FSDP per GPU for `setup` (micro-batch 1) and let the
+        `strategy` rules (or --strategy) choose; remembered for this model and technique."""
+        q, key = self.q, (spec.id, setup.technique)
+        ddp = sharding.per_gpu_estimate(spec, setup, self.world, "ddp")
+        refused = sharding.fsdp_refusal(setup)
+        fsdp = None if refused else sharding.per_gpu_estimate(spec, setup, self.world, "fsdp")
+        facts = {**self.base, "technique": setup.technique, "fits_ddp": ddp.peak_bytes <= self.budget,
+                 "fits_fsdp": fsdp is not None and fsdp.peak_bytes <= self.budget,
+                 "ddp_gib": round(ddp.peak_gib, 2), "fsdp_gib": round(fsdp.peak_gib, 2) if fsdp else None,
+                 "fsdp_refused": refused}
+        if q.strategy:
+            if q.strategy == "fsdp" and refused:  # this technique is out (an error if you chose it)
+                raise AutoftError(refused, "pass --strategy ddp, or another --technique")
+            self.strategies[key] = (q.strategy, _reason("OVERRIDE", f"strategy {q.strategy} (you set it)"))
+            return
+        out = self.rules.run("strategy", facts)
+        if q.technique == setup.technique:
+            self.warnings += [f"{w.rule.id}: " + w.reason()["because"] for w in out.warnings]
+        self.strategies[key] = (out.get("strategy", "ddp"), out.by["strategy"].reason())
 
     def min_peak(self, spec: ModelSpec, technique: str, c: dict) -> Estimate | None:
         """Lowest peak of a technique: batch 1, checkpointing on unless the user turned it off.
         None when the technique cannot run here at all (the estimator refuses, e.g. QLoRA on CPU)."""
         ckpt = self.q.gradient_checkpointing is not False
+        setup = self._setup(technique, c, 1, ckpt=ckpt)
         try:
-            return self._peak(spec, self._setup(technique, c, 1, ckpt=ckpt))
+            if self.world > 1:
+                self.choose_strategy(spec, setup)
+            return self._peak(spec, setup)
         except AutoftError:
+            if self.q.strategy and self.q.technique == technique:
+                raise
             return None
 
     # -- a full plan ----------------------------------------------------------------------------------
@@ -328,21 +472,12 @@ class _Advisor:
                         "FIT-CKPT", f"gradient checkpointing on: without it {what} needs "
                         f"{no.peak_gib:.1f} GiB, more than the {self.budget / GIB:.1f} GiB budget",
                         peak_gib=round(no.peak_gib, 2), budget_gib=round(self.budget / GIB, 2)))
-        max_b = self._max_batch(spec, self._setup(technique, c, 1, ckpt=ckpt))
-        if q.batch_size:
-            batch = q.batch_size
-            reasons.append(_reason("OVERRIDE", f"micro-batch {batch} (you set it)", batch_size=batch))
-        else:
-            batch = max(1, min(max_b, cap))
-            cap_note = f"; capped at {batch} ({cap_by})" if max_b > batch else ""
-            reasons.append(_reason(
-                "FIT-BATCH", f"largest micro-batch under {int(self.safety * 100)}% of "
-                f"{self.memory / GIB:.1f} GiB is {max_b}{cap_note}",
-                max_batch_size=max_b, memory_gib=round(self.memory / GIB, 2), safety=self.safety))
+        batch, ckpt, max_b, reasons = self._batch_and_ckpt(spec, technique, out, c, ckpt, cap, cap_by, eff_lo,
+                                                           reasons)
         if q.gradient_accumulation_steps:
             acc = q.gradient_accumulation_steps
         else:
-            acc = max(1, math.ceil(eff_lo / (batch * self.gpus)))
+            acc = max(1, math.ceil(eff_lo / (batch * self.world)))
             reasons += out.reason_for("effective_batch")
         setup = self._setup(technique, c, batch, ckpt=ckpt)
         est = self._peak(spec, setup)
@@ -364,10 +499,87 @@ class _Advisor:
             reasons += out.reason_for("freeze_fraction") if q.freeze_layers is None else [
                 _reason("OVERRIDE", f"{q.freeze_layers} bottom layers frozen (you set it)")]
         reasons += out.reason_for("lr_range")
+        reasons += out.reason_for("search_model_dropout")
+        strategy = self._strategy(spec, technique)
+        if strategy:
+            reasons.append(self.strategies[(spec.id, technique)][1])
         space = self._search_space(technique, v)
         return _Plan(spec=spec, technique=technique, setup=setup, outcome=out, est=est, fits=fits,
                      max_batch=max_b, accumulation=acc, lora=lora, reasons=reasons, search_space=space,
-                     effective=batch * acc * self.gpus)
+                     effective=batch * acc * self.world, speed=self._speed(spec, setup, acc),
+                     strategy=strategy)
+
+    def _batch_and_ckpt(self, spec: ModelSpec, technique: str, out: Outcome, c: dict, ckpt: bool, cap: int,
+                        cap_by: str, eff_lo: int, reasons: list[dict]) -> tuple[int, bool, int, list[dict]]:
+        """The micro-batch and checkpointing: the user's, else the largest micro-batch under the caps;
+        where SPEED-001 fires, the fitting setting with the most predicted examples per second.
+        Returns (micro-batch, checkpointing, largest micro-batch that fits, reasons)."""
+        q, v = self.q, out.values
+        ckpt_fixed = q.gradient_checkpointing is not None
+        max_b = self._max_batch(spec, self._setup(technique, c, 1, ckpt=ckpt))
+        batch = q.batch_size or max(1, min(max_b, cap))
+        speed_note = None
+        if "speed_margin" in v and not (q.batch_size and ckpt_fixed):
+            fast = self._fastest(spec, technique, c, ckpt, ckpt_fixed, cap, eff_lo, float(v["speed_margin"]))
+            if fast is not None and (fast["batch"], fast["ckpt"]) != (batch, ckpt):
+                by = out.by.get("gradient_checkpointing")
+                if fast["ckpt"] and not ckpt:
+                    reasons = [r for r in reasons if by is None or r["rule"] != by.rule.id]
+                batch, ckpt = fast["batch"], fast["ckpt"]
+                max_b = self._max_batch(spec, self._setup(technique, c, 1, ckpt=ckpt))
+            if fast is not None:
+                speed_note = fast
+        if q.batch_size:
+            reasons.append(_reason("OVERRIDE", f"micro-batch {batch} (you set it)", batch_size=batch))
+        else:
+            cap_note = f"; capped at {min(max_b, cap)} ({cap_by})" if max_b > min(max_b, cap) else ""
+            reasons.append(_reason(
+                "FIT-BATCH", f"largest micro-batch under {int(self.safety * 100)}% of "
+                f"{self.memory / GIB:.1f} GiB is {max_b}"
+                f"{' with checkpointing' if ckpt and not ckpt_fixed and speed_note else ''}{cap_note}",
+                max_batch_size=max_b, memory_gib=round(self.memory / GIB, 2), safety=self.safety))
+        if speed_note is not None:
+            reasons.append(speed_note["reason"])
+        return batch, ckpt, max_b, reasons
+
+    # -- speed --------------------------------------------------------------------------------------
+    def _speed(self, spec: ModelSpec, setup: TrainSetup, acc: int):
+        """The predicted speed of one setting (None for a GPU without throughput figures)."""
+        from autoft.advisor import speed
+
+        return speed.predict(spec, setup, acc, self.hw, mean_tokens=self.q.seq_len_mean,
+                             data_size=self.q.data_size, gpus=self.world)
+
+    def _fastest(self, spec: ModelSpec, technique: str, c: dict, ckpt: bool, ckpt_fixed: bool, cap: int,
+                 eff_lo: int, margin: float) -> dict | None:
+        """The fitting (micro-batch, checkpointing) with the most predicted examples per second.
+        The plain setting - the largest micro-batch under the caps with the rules' checkpointing -
+        is kept unless another is predicted `margin` faster. Returns {batch, ckpt, eps, reason} or
+        None when speed cannot be predicted (a GPU without throughput figures)."""
+        q = self.q
+        # checkpointing already on (QLoRA's rule, or batch 1 does not fit without) stays on
+        options = [ckpt] if ckpt_fixed or ckpt else [False, True]
+        cands = []
+        for ck in options:
+            most = min(self._max_batch(spec, self._setup(technique, c, 1, ckpt=ck)), cap)
+            sizes = [q.batch_size] if q.batch_size else sorted({b for b in (1, 2, 4, 8, 16, 32, 64, 128, most)
+                                                                 if 1 <= b <= most})
+            for b in sizes:
+                setup = self._setup(technique, c, b, ckpt=ck)
+                if self._peak(spec, setup).peak_bytes > self.budget:
+                    continue
+                acc = q.gradient_accumulation_steps or max(1, math.ceil(eff_lo / (b * self.world)))
+                pred = self._speed(spec, setup, acc)
+                if pred is None:
+                    return None
+                cands.append({"batch": b, "ckpt": ck, "eps": pred.examples_per_s, "pred": pred})
+        if not cands:
+            return None
+        plain_pool = [x for x in cands if x["ckpt"] == ckpt] or cands
+        plain = max(plain_pool, key=lambda x: x["batch"])
+        best = max(cands, key=lambda x: (x["eps"], -x["ckpt"], -x["batch"]))
+        pick = best if best["eps"] >= (1 + margin) * plain["eps"] else plain
+        return {**pick, "reason": _speed_reason(pick, plain, cands, margin)}
 
     @staticmethod
     def _search_space(technique: str, v: dict) -> dict:
@@ -381,7 +593,40 @@ class _Advisor:
                     s[name] = list(v[key])
         if "search_layer_decay" in v:
             s["layer_decay"] = list(v["search_layer_decay"])
+        if "search_model_dropout" in v:
+            s["model_dropout"] = list(v["search_model_dropout"])
         return s
+
+    # -- the objective: loss weighting and the search's metric -------------------------------------
+    def objective(self, out: Outcome) -> tuple[str, str, list[dict]]:
+        """(class_weights, metric, reasons) from the setup rules, with the user's --class-weights
+        and --metric on top; a choice that does not suit the task is refused."""
+        q, reasons = self.q, []
+        multi = bool(q.multi_label)
+        weights = out.get("class_weights", "none")
+        if q.class_weights in ("balanced", "none"):
+            weights = q.class_weights
+            reasons.append(_reason("OVERRIDE", f"class weights {weights} (you set it)"))
+        else:
+            reasons += out.reason_for("class_weights") if weights == "balanced" else []
+        if weights == "balanced" and self.task != "classification":
+            raise AutoftError("--class-weights balanced is for classification", "drop it for generation")
+        metric = out.get("metric", "accuracy" if self.task == "classification" else "eval_loss")
+        if q.metric:
+            metric = q.metric
+            if metric == "loss" and self.task != "classification":
+                metric = "eval_loss"
+            reasons.append(_reason("OVERRIDE", f"search metric {q.metric} (you set it)"))
+        else:
+            reasons += out.reason_for("metric")
+        if self.task != "classification" and metric != "eval_loss":
+            raise AutoftError(f"--metric {q.metric} is for classification", "use --metric loss for generation")
+        if metric == "micro_f1" and not multi:
+            raise AutoftError("--metric micro_f1 is for multi-label data (single-label micro-F1 is accuracy)",
+                              "use accuracy or macro_f1")
+        if metric == "accuracy" and multi:
+            raise AutoftError("--metric accuracy is not defined for multi-label data", "use micro_f1 or macro_f1")
+        return weights, metric, reasons
 
     # -- technique choice for one model ---------------------------------------------------------------
     def best_for_model(self, spec: ModelSpec, facts: dict) -> tuple[list[_Plan], list[dict], dict]:
@@ -543,8 +788,10 @@ class _Advisor:
             smallest = min(scored, key=lambda x: x[3].params)[3]
             raise AutoftError(
                 f"no model and technique fits {self.budget / GIB:.1f} GiB ({int(self.safety * 100)}% of "
-                f"{self.memory / GIB:.1f} GiB on {_gpu_summary(self.hw)['name']}); the smallest candidate is "
-                f"{smallest.id}", "plan for a bigger GPU (--gpu NAME or --gpu-memory SIZE) or a shorter --seq-len")
+                f"{self.where}); the smallest candidate is "
+                f"{smallest.id}", "plan for a bigger GPU (--gpu NAME or --gpu-memory SIZE) or a shorter --seq-len"
+                + (f", or give each trial more of the GPU (--gpus-per-trial above {self.share:g})"
+                   if self.share < 1.0 else ""))
         plans, treasons, mout, score, facts, peaks = winner
         best = plans[0]
 
@@ -561,6 +808,12 @@ class _Advisor:
             reasons += [f.reason() for f in mout.firings]
         reasons += treasons
         reasons.append(self.seq_reason)
+        if self.target_reason:
+            reasons.append(self.target_reason)
+        if self.share < 1.0:
+            reasons.append(_reason("GPU-SHARE", f"each search trial gets {self.share:g} of a GPU (--gpus-per-trial): "
+                                   f"the plan fits {self.where}", gpus_per_trial=self.share,
+                                   memory_gib=round(self.memory / GIB, 2)))
         reasons += best.reasons
         if q.seq_len and q.seq_len > best.spec.max_positions:
             self.warnings.append(f"--seq-len {q.seq_len} is longer than {best.spec.id} reads "
@@ -576,11 +829,13 @@ class _Advisor:
             what = (f"{best.spec.id} with {best.technique}, micro-batch {best.setup.batch_size} x "
                     f"{best.setup.seq_len} tokens{', checkpointing' if best.setup.gradient_checkpointing else ''} "
                     f"needs {best.est.peak_gib:.1f} GiB, more than the {self.budget / GIB:.1f} GiB budget "
-                    f"({int(self.safety * 100)}% of {self.memory / GIB:.1f} GiB on {_gpu_summary(self.hw)['name']})")
+                    f"({int(self.safety * 100)}% of {self.where})")
             if near:
                 fix = f"nearest setting that fits: {near[0]} ({near[1]:.1f} GiB)"
             else:
                 fix = "no nearby setting fits: plan for a bigger GPU (--gpu-memory) or a smaller --model"
+            if self.share < 1.0:
+                fix += f"; or give each trial more of the GPU (--gpus-per-trial above {self.share:g})"
             if not q.force:
                 raise AutoftError(what, fix + "; or pass --force to keep your setting")
             self.warnings.append(f"does not fit: {what}; {fix}")
@@ -593,18 +848,21 @@ class _Advisor:
             for p, note in group:
                 if len(alts) < 3:
                     alts.append(self._short(p, note))
-        # an override that blocks the advisor's own choice: offer the unfixed plan as an alternative
-        return self._recommendation(best, reasons, alts)
+        weights, metric, why = self.objective(best.outcome)
+        rec = self._recommendation(best, reasons + why, alts)
+        rec.class_weights, rec.metric, rec.metric_higher_is_better = weights, metric, METRICS[metric]
+        return rec
 
     def _short(self, p: _Plan, note: str) -> dict:
         return {
             "model": p.spec.to_dict(), "technique": p.technique, "batch_size": p.setup.batch_size,
             "gradient_accumulation_steps": p.accumulation, "effective_batch_size": p.effective,
-            "seq_len": p.setup.seq_len, "precision": p.setup.precision,
+            "seq_len": p.setup.seq_len, "target_len": p.setup.target_len, "precision": p.setup.precision,
             "gradient_checkpointing": p.setup.gradient_checkpointing, "optimizer": p.setup.optimizer,
             "lora": p.lora, "freeze_layers": p.setup.freeze_layers if p.technique == "freeze" else None,
             "estimate": _est_dict(p.est), "fits": p.fits, "max_batch_size": p.max_batch,
-            "search_space": p.search_space, "note": note,
+            "search_space": p.search_space, "strategy": p.strategy, "note": note,
+            "speed": p.speed.to_dict() if p.speed is not None else None,
         }
 
     def _recommendation(self, p: _Plan, reasons: list[dict], alts: list[dict]) -> Recommendation:
@@ -618,7 +876,32 @@ class _Advisor:
             safety=self.safety, max_batch_size=p.max_batch, gpu=_gpu_summary(self.hw),
             reasons=reasons, alternatives=alts, search_space=p.search_space, task=self.task,
             num_labels=self.q.num_labels, warnings=list(dict.fromkeys(self.warnings)),
-            question=self.q.to_dict(), trust_remote_code=self.q.trust_remote_code)
+            question=self.q.to_dict(), trust_remote_code=self.q.trust_remote_code, strategy=p.strategy,
+            world_size=self.world, speed=p.speed.to_dict() if p.speed is not None else None,
+            target_len=p.setup.target_len if p.spec.family == "encoder-decoder" else self.target_wanted)
+
+
+def _setting(x: dict) -> str:
+    return f"micro-batch {x['batch']} {'with' if x['ckpt'] else 'without'} checkpointing"
+
+
+def _speed_reason(pick: dict, plain: dict, cands: list[dict], margin: float) -> dict:
+    """The SPEED reason: the predicted figure of the pick, against the plain setting or the runner-up."""
+    p = pick["pred"]
+    what = f"{_setting(pick)}: about {pick['eps']:.3g} examples/s predicted"
+    if pick is not plain:
+        what += f", {pick['eps'] / plain['eps'] - 1:.0%} faster than {_setting(plain)} ({plain['eps']:.3g}/s)"
+    else:
+        rest = [x for x in cands if x is not pick]
+        if rest:
+            nxt = max(rest, key=lambda x: x["eps"])
+            what += (f"; the fastest alternative, {_setting(nxt)} ({nxt['eps']:.3g}/s), is not "
+                     f"{margin:.0%} faster" if nxt["eps"] > pick["eps"] else ", the fastest that fits")
+    what += f" ({p.tokens_assumed}; assumes {p.assumption})"
+    return _reason("SPEED", what, examples_per_s=round(pick["eps"], 3), batch_size=pick["batch"],
+                   gradient_checkpointing=pick["ckpt"], tokens_per_example=round(p.tokens_per_example, 1),
+                   candidates=[{"batch_size": x["batch"], "gradient_checkpointing": x["ckpt"],
+                                "examples_per_s": round(x["eps"], 3)} for x in cands])
 
 
 def _est_dict(est: Estimate) -> dict:

@@ -11,10 +11,12 @@ and compiled to closures (never `eval`):
 An unknown fact (None) makes every ordering comparison and `in` false (so `data_size < 1000` does
 not fire when the data size is unknown); `==`/`!=` compare with none normally.
 
-Rules run in three stages (docs in rules/README.md); a rule's stage follows from its effects:
+Rules run in four stages (docs in rules/README.md); a rule's stage follows from its effects:
   model      one candidate model:         reject, score
   setup      one (model, technique) pair: precision, optimizer, lr_range, lora_*, batch targets, ...
   technique  one model, after fit checks: forbid_technique, prefer_technique
+  strategy   one (model, technique) pair on several GPUs/processes, after the per-GPU fit checks:
+             strategy (ddp or fsdp)
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from typing import Any, Callable
 from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TECHNIQUES
 from autoft.errors import AutoftError
 
-STAGES = ("model", "setup", "technique")
+STAGES = ("model", "setup", "technique", "strategy")
 
 
 class RuleError(AutoftError):
@@ -64,6 +66,10 @@ EFFECTS: dict[str, tuple[str, Callable[[Any], bool], str]] = {
                                "needed to fit)"),
     "effective_batch": ("setup", lambda v: _check_range(v) and v[0] >= 1,
                         "[lo, hi] examples per optimizer step to reach with accumulation"),
+    "speed_margin": ("setup", lambda v: _is_num(v) and 0 <= v < 1,
+                     "pick micro-batch and checkpointing by predicted examples per second; another "
+                     "setting must be predicted this share faster than the largest micro-batch "
+                     "without checkpointing"),
     "max_micro_batch": ("setup", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                         "cap on the micro-batch even when more fits"),
     "lr_range": ("setup", lambda v: _check_range(v) and v[0] > 0, "[lo, hi] learning rate to search"),
@@ -80,9 +86,17 @@ EFFECTS: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "search_weight_decay": ("setup", _check_range, "[lo, hi] weight decay to search"),
     "search_warmup_ratio": ("setup", _check_range, "[lo, hi] warmup ratio to search"),
     "search_layer_decay": ("setup", _check_range, "[lo, hi] layer-wise learning-rate decay to search"),
+    "search_model_dropout": ("setup", lambda v: _check_num_list(v) and all(0 <= x < 1 for x in v),
+                             "the model's own dropout probabilities the search tries (choices)"),
+    "class_weights": ("setup", lambda v: v in ("balanced", "none"),
+                      "classification loss weighting: balanced | none"),
+    "metric": ("setup", lambda v: v in ("accuracy", "macro_f1", "micro_f1", "loss", "eval_loss"),
+               "validation metric the search ranks by: accuracy | macro_f1 | micro_f1 | loss | eval_loss"),
     "forbid_technique": ("technique", _check_techniques, "techniques never chosen for this model"),
     "prefer_technique": ("technique", _check_techniques,
                          "techniques to try first, in order (the first that fits wins)"),
+    "strategy": ("strategy", lambda v: v in ("ddp", "fsdp"),
+                 "ddp (a full replica per GPU) | fsdp (weights, gradients and optimizer states sharded)"),
     "warn": ("any", lambda v: v is True, "show `because` as a warning (true)"),
 }
 
@@ -329,7 +343,11 @@ class RuleSet:
             firing = Firing(rule, facts)
             out.firings.append(firing)
             for key, value in rule.then.items():
-                if key == "score":
+                if key not in ACCUMULATING:
+                    if key not in out.values:  # first firing rule wins
+                        out.values[key] = value
+                        out.by[key] = firing
+                elif key == "score":
                     out.score += value
                 elif key == "reject":
                     out.rejected.append(firing)
@@ -340,9 +358,6 @@ class RuleSet:
                         out.forbid.setdefault(t, firing)
                 elif key == "prefer_technique":
                     out.prefer.extend((t, firing) for t in value)
-                elif key not in out.values:  # first firing rule wins
-                    out.values[key] = value
-                    out.by[key] = firing
         return out
 
 

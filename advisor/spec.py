@@ -14,12 +14,31 @@ from autoft.errors import AutoftError
 Technique = Literal["full", "freeze", "lora", "qlora"]
 Precision = Literal["bf16", "fp16", "fp32"]
 Optimizer = Literal["adamw", "adamw-8bit", "paged-adamw-8bit"]
-Task = Literal["classification", "generation"]
+Task = Literal["classification", "generation", "summarization", "translation"]
 
 TECHNIQUES: tuple[str, ...] = ("full", "freeze", "lora", "qlora")
 PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw-8bit", "paged-adamw-8bit")
-TASKS: tuple[str, ...] = ("classification", "generation")
+TASKS: tuple[str, ...] = ("classification", "generation", "summarization", "translation")
+# Tasks that map a source text to a target text: an encoder-decoder reads the source with its
+# encoder and writes the target with its decoder; a decoder reads both as one instruction prompt.
+SEQ2SEQ_TASKS: tuple[str, ...] = ("summarization", "translation")
+FAMILIES: tuple[str, ...] = ("encoder", "decoder", "encoder-decoder")
+STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")  # data parallelism over several processes
+
+
+# One wording for the checks that Question, TrainSetup, RunOptions, SearchSettings and the Trial
+# all make on the same fields.
+def check_choice(what: str, value, choices: tuple[str, ...]) -> None:
+    """Refuse a value outside `choices`: "unknown technique 'sgd'; use one of full, freeze, ..."."""
+    if value not in choices:
+        raise AutoftError(f"unknown {what} {value!r}", "use one of " + ", ".join(choices))
+
+
+def check_at_least(flag: str, value, low: int, fix: str | None = None) -> None:
+    """Refuse a number below `low` (None passes: not given)."""
+    if value is not None and value < low:
+        raise AutoftError(f"{flag} must be at least {low}, got {value}", fix or f"pass {flag} {max(low, 1)} or more")
 
 
 @dataclass
@@ -37,8 +56,8 @@ class ModelSpec:
     vocab_size: int
     max_positions: int
     tied_embeddings: bool = False
-    family: Literal["encoder", "decoder"] = "decoder"
-    head_dim: int | None = None  # when config.json sets it apart from hidden/heads (Gemma 2)
+    family: Literal["encoder", "decoder", "encoder-decoder"] = "decoder"
+    head_dim: int | None = None  # when config.json sets it apart from hidden/heads (Gemma 2, T5's d_kv)
     languages: list[str] = field(default_factory=lambda: ["en"])
     domains: list[str] = field(default_factory=lambda: ["general"])
     licence: str = "unknown"
@@ -48,6 +67,10 @@ class ModelSpec:
     # False: `params` was counted from config.json by generic rules (a model type autoft does not
     # know) and could not be checked against the weights (safetensors headers or index, the Hub)
     params_verified: bool = True
+    # encoder-decoder only: num_layers counts the encoder's blocks, this the decoder's
+    num_decoder_layers: int | None = None
+    # the MLP is gated (T5 v1.1 / Flan-T5 / mT5 "gated-gelu"); None: known from model_type
+    gated_mlp: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("params", "hidden_size", "num_layers", "num_attention_heads", "num_kv_heads",
@@ -55,8 +78,10 @@ class ModelSpec:
             if int(getattr(self, name)) <= 0:
                 raise AutoftError(f"model {self.id}: {name} must be positive",
                                   "check the model's config.json")
-        if self.family not in ("encoder", "decoder"):
-            raise AutoftError(f"model {self.id}: family must be encoder or decoder")
+        if self.family not in FAMILIES:
+            raise AutoftError(f"model {self.id}: family must be encoder, decoder or encoder-decoder")
+        if self.family == "encoder-decoder" and self.num_decoder_layers is None:
+            self.num_decoder_layers = self.num_layers  # T5, BART and Marian configs default to equal stacks
 
     @property
     def head_size(self) -> int:
@@ -123,6 +148,10 @@ class TrainSetup:
     lora_targets: Literal["attention", "all-linear"] = "all-linear"
     freeze_layers: int | None = None  # freeze: bottom layers kept frozen (None: all but the top quarter)
     num_labels: int = 2  # classification head width
+    # summarization/translation on an encoder-decoder: decoder (target) length in tokens, while
+    # seq_len is the encoder (source) length. None: as long as seq_len. Decoders read source and
+    # target as one sequence of seq_len tokens.
+    target_len: int | None = None
     attention: Literal["sdpa", "eager"] = "sdpa"
     chunked_loss: bool = False
     device: Literal["cuda", "cpu"] = "cuda"
@@ -131,25 +160,16 @@ class TrainSetup:
     grad_accum: int | None = None
 
     def __post_init__(self) -> None:
-        if self.technique not in TECHNIQUES:
-            raise AutoftError(f"unknown technique {self.technique!r}", "use one of " + ", ".join(TECHNIQUES))
-        if self.precision not in PRECISIONS:
-            raise AutoftError(f"unknown precision {self.precision!r}", "use one of " + ", ".join(PRECISIONS))
-        if self.optimizer not in OPTIMIZERS:
-            raise AutoftError(f"unknown optimizer {self.optimizer!r}", "use one of " + ", ".join(OPTIMIZERS))
-        if self.task not in TASKS:
-            raise AutoftError(f"unknown task {self.task!r}", "use classification or generation")
-        if self.batch_size < 1:
-            raise AutoftError(f"batch size must be at least 1, got {self.batch_size}", "pass --batch-size 1 or more")
-        if self.seq_len < 8:
-            raise AutoftError(f"sequence length must be at least 8 tokens, got {self.seq_len}", "pass --seq-len 128 or more")
-        if self.lora_rank < 1:
-            raise AutoftError(f"LoRA rank must be at least 1, got {self.lora_rank}", "pass --lora-rank 8, 16 or 64")
-        if self.grad_accum is not None and self.grad_accum < 1:
-            raise AutoftError(f"gradient accumulation must be at least 1, got {self.grad_accum}",
-                              "pass --grad-accum 1 or more")
-        if self.freeze_layers is not None and self.freeze_layers < 0:
-            raise AutoftError("--freeze-layers must be 0 or more", "pass the number of bottom layers to freeze")
+        check_choice("technique", self.technique, TECHNIQUES)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("task", self.task, TASKS)
+        check_at_least("--batch-size", self.batch_size, 1)
+        check_at_least("--seq-len", self.seq_len, 8, fix="pass --seq-len 128 or more")
+        check_at_least("--target-len", self.target_len, 1, fix="pass --target-len 64 or more")
+        check_at_least("--lora-rank", self.lora_rank, 1, fix="pass --lora-rank 8, 16 or 64")
+        check_at_least("--freeze-layers", self.freeze_layers, 0, fix="pass the number of bottom layers to freeze")
+        check_at_least("--grad-accum", self.grad_accum, 1)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,13 +3,15 @@
 `source` is a Hub id (read from the local cache only when HF_HUB_OFFLINE=1), a local model folder,
 or a `.gguf` file (transformers dequantises it; the tokenizer comes from the same file).
 Classification gets AutoModelForSequenceClassification with the label mapping; generation
-AutoModelForCausalLM. SDPA attention where the architecture supports it.
+AutoModelForCausalLM; summarization and translation AutoModelForSeq2SeqLM for an encoder-decoder
+(T5, BART, Marian, ...) and AutoModelForCausalLM for a decoder (instruction-style prompts). SDPA attention where the architecture supports it.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from autoft.advisor.spec import TASKS, check_choice
 from autoft.errors import AutoftError
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -87,38 +89,71 @@ class _quiet_loading:
 
 
 def weights_dtype(technique: str, precision: str) -> str:
-    """torch dtype name the weights are loaded in: fp32 masters for full/freeze (and qlora's
-    unquantised rest); the training precision for lora's frozen base."""
-    return DTYPES[precision] if technique == "lora" else "float32"
+    """torch dtype name the weights are loaded in: fp32 masters for full/freeze; the training
+    precision for an adapter technique's frozen base (lora; qlora's unquantised rest)."""
+    from autoft.autotrain.techniques import get_technique
+
+    return DTYPES[precision] if get_technique(technique).peft else "float32"
 
 
 def _has_classifier(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 
 
+# The config attributes that hold a dropout probability, by architecture family (BERT, RoBERTa,
+# DeBERTa, ELECTRA: *_dropout_prob; DistilBERT, BART, T5-ish: dropout / attention_dropout /
+# activation_dropout / dropout_rate; GPT-2: *_pdrop; Llama, Qwen2, Mistral, Gemma: attention_dropout;
+# some decoders: hidden_dropout, resid_dropout, embd_dropout). classifier_dropout is left alone:
+# None there means "use hidden_dropout_prob", which follows the knob.
+DROPOUT_ATTRS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                 "activation_dropout", "dropout_rate", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+                 "hidden_dropout", "resid_dropout", "embd_dropout", "embedding_dropout", "seq_classif_dropout",
+                 "mlp_dropout", "attention_probability_dropout", "hidden_dropout_rate")
+
+
+def dropout_overrides(config, p: float) -> dict:
+    """{attribute: p} for every dropout probability `config` has (a number, so flags and None
+    fields are not touched). Pure: reads attributes only, no torch."""
+    if not 0.0 <= float(p) < 1.0:
+        raise AutoftError(f"model_dropout must be in [0, 1), got {p}", "use e.g. 0.0, 0.1 or 0.2")
+    out = {}
+    for name in DROPOUT_ATTRS:
+        v = getattr(config, name, None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[name] = float(p)
+    return out
+
+
 def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: int | None = None,
                              label_names: list[str] | None = None, precision: str = "fp32",
-                             device: str = "cpu", trust_remote_code: bool = False, quantization=None):
+                             device: str = "cpu", trust_remote_code: bool = False, quantization=None,
+                             problem_type: str | None = None, model_dropout: float | None = None):
     """Load (model, tokenizer), unwrapped (techniques are applied by the caller).
 
-    Weights: fp32 for full/freeze (the trained weights are the fp32 master copy; bf16/fp16 run
-    under autocast); for lora the frozen base is stored in `precision`; for qlora the base is
-    4-bit NF4 (`quantization`, default `techniques.qlora.quantization_config(precision)`)."""
+    Weights: fp32 where the weights train (full/freeze: the fp32 master copy; bf16/fp16 run under
+    autocast); a frozen adapter base (lora) is stored in `precision`; a quantized technique's base
+    (qlora) is 4-bit NF4 (`quantization`, default `techniques.qlora.quantization_config(precision)`;
+    False loads it unquantized in `precision`, as a merge needs).
+    `problem_type` ("multi_label_classification": sigmoid outputs) goes into the config, so the
+    saved model says how to read its logits; `model_dropout` sets every dropout probability of
+    the config (see dropout_overrides)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    if task not in ("classification", "generation"):
-        raise AutoftError(f"unknown task {task!r}", "use classification or generation")
-    if precision not in DTYPES:
-        raise AutoftError(f"unknown precision {precision!r}", "use fp32, bf16 or fp16")
+    from autoft.advisor.spec import SEQ2SEQ_TASKS
+    from autoft.autotrain.techniques import get_technique
+
+    check_choice("task", task, TASKS)
+    check_choice("precision", precision, tuple(DTYPES))
+    info = get_technique(technique)
     tok = load_tokenizer(source, trust_remote_code=trust_remote_code)
     path, kw = resolve_source(source)
     kw["trust_remote_code"] = trust_remote_code
     dtype = getattr(torch, weights_dtype(technique, precision))
-    if technique == "qlora":
+    quantized = info.quantized and quantization is not False
+    if quantized:
         if quantization is None:
-            from autoft.autotrain.techniques.qlora import quantization_config
-            quantization = quantization_config(precision)
+            quantization = info.module.quantization_config(precision)
         kw["quantization_config"] = quantization
         kw["device_map"] = {"": device}
     try:
@@ -140,9 +175,20 @@ def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: i
             # a fine-tuned classifier with another label set: keep its body, train a new head
             # (without this, from_pretrained refuses the checkpoint over the head's shape)
             extra["ignore_mismatched_sizes"] = True
+        if problem_type:
+            extra["problem_type"] = problem_type
         cls = AutoModelForSequenceClassification
+    elif getattr(config, "is_encoder_decoder", False):
+        if task not in SEQ2SEQ_TASKS:
+            raise AutoftError(f"{source} is an encoder-decoder: autoft trains those for summarization "
+                              "and translation", "pass --task summarization or translation, or a decoder model")
+        from transformers import AutoModelForSeq2SeqLM
+
+        extra, cls = {}, AutoModelForSeq2SeqLM
     else:
         extra, cls = {}, AutoModelForCausalLM
+    if model_dropout is not None:
+        extra.update(dropout_overrides(config, model_dropout))
     try:
         with _quiet_loading():
             model = cls.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", **extra, **kw)
@@ -156,6 +202,6 @@ def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: i
         raise _not_available(str(source), e) from e
     if task == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
-    if technique != "qlora":
+    if not quantized:  # (a quantized model is placed by device_map)
         model.to(device)
     return model, tok

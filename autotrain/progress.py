@@ -11,6 +11,8 @@ as a dict {"kind": ..., **fields, "elapsed_s": ..., "eta_s": ...}. Kinds:
     eval         phase, step, metric_name, metric, (val) loss
     trial_end    the stored record (trial, rung, metric, status, seconds, ...)
     rung_end     rung, promoted (trial ids)
+    heartbeat    phase, running (trial ids), done_steps: the ray backend, about once a second while
+                 its trials run in other processes (Cancel is checked on it, as on step events)
     warning      text
     message      text
     done         output_dir, seconds
@@ -25,6 +27,14 @@ import time
 from typing import Callable, TextIO
 
 Listener = Callable[[dict], None]
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Raised by a listener to stop a run at its next step (the TUI's Cancel, `should_stop`).
+
+    A KeyboardInterrupt on purpose: the run treats it like Ctrl-C (it stops after the persisted
+    trials and leaves a resumable output folder), and the bus, which swallows a listener's
+    ordinary exceptions, lets it through."""
 
 
 class Progress:

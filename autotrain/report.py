@@ -115,10 +115,12 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
     lines.append("")
     lines += ["## Test results", "", "| metric | fine-tuned | baseline |", "|---|---:|---:|"]
     test, base = metrics.get("test") or {}, metrics.get("baseline") or {}
-    for k in ("accuracy", "macro_f1", "loss", "eval_loss", "perplexity"):
+    for k in ("accuracy", "micro_f1", "macro_f1", "subset_accuracy", "rouge1", "rouge2", "rougeL", "bleu", "chrf",
+              "exact_match", "loss", "eval_loss", "perplexity"):
         if isinstance(test.get(k), (int, float)):
             lines.append(f"| {k} | {_fmt(test.get(k))} | {_fmt(base.get(k))} |")
     lines.append("")
+    lines += text_metrics_note(metrics)
     reasons = rec.get("reasons") or []
     if reasons:
         lines += ["## Why this setup", ""]
@@ -127,11 +129,12 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
     if search:
         lines += ["## Search", "",
                   f"{len(search.get('configs', []))} configurations, rungs "
-                  + ", ".join(f"{r['n_trials']} x {r['budget_steps']} steps" for r in search.get("rungs", []))
+                  + ", ".join(f"{_reached(records, i, r)} x {r['budget_steps']} steps"
+                              for i, r in enumerate(search.get("rungs", [])))
                   + f". Best: trial {search.get('best_trial')} (validation {metric} {_fmt(search.get('best_metric'))})"
                   + (" - stopped by the time budget." if search.get("stopped_by_time") else "."),
                   "",
-                  _promotion_sentence(search, metric), ""]
+                  _promotion_sentence(search, metric), "", _where_sentence(search), ""]
         if p_search:
             lines += [f"![search](plots/{p_search.name})", ""]
         lines += [f"| trial | rung | steps | learning rate | other knobs | {metric} | validation loss | status | s |",
@@ -150,15 +153,19 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
         lines += [f"Stopped early; best validation at step {metrics.get('best_step')} (those weights were kept).", ""]
     if p_final:
         lines += [f"![final](plots/{p_final.name})", ""]
-    per_class = test.get("per_class")
+    per_class = test.get("per_class") or test.get("per_label")   # per_label: multi-label
     if isinstance(per_class, dict) and per_class:
-        lines += ["### Per class (test)", "", "| class | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
+        what = "label" if "per_label" in test else "class"
+        if isinstance(test.get("threshold"), (int, float)):
+            lines += [f"Multi-label: a label is predicted where its sigmoid output is at least "
+                      f"{_fmt(test['threshold'])} (tuned on validation).", ""]
+        lines += [f"### Per {what} (test)", "", f"| {what} | precision | recall | f1 | support |",
+                  "|---|---:|---:|---:|---:|"]
         for name, m in per_class.items():
             lines.append(f"| {name} | {_fmt(m.get('precision'))} | {_fmt(m.get('recall'))} | {_fmt(m.get('f1'))} | "
                          f"{m.get('support', '-')} |")
         lines.append("")
-    for s in metrics.get("samples") or []:
-        lines += [f"**Prompt:** {s['prompt']}", "", f"**Output:** {s['output']}", ""]
+    lines += sample_lines(metrics.get("samples") or [])
     if warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     lines += ["## Reproduce", "", "```", command, "```", ""]
@@ -167,9 +174,52 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
     return path
 
 
+def text_metrics_note(metrics: dict) -> list[str]:
+    """Report lines saying how the generated-text scores were measured (none when there are none)."""
+    test = metrics.get("test") or {}
+    if not any(isinstance(test.get(k), (int, float)) for k in ("rouge1", "rougeL", "bleu", "chrf")):
+        return []
+    how = (f"Greedy generation on {test.get('examples', '?')} test examples, at most "
+           f"{test.get('max_new_tokens', '?')} new tokens each ({_fmt(test.get('seconds'))} s); the baseline "
+           "is the base model, generating the same way before fine-tuning. ROUGE and exact match are fractions "
+           "(0-1, rouge-score with stemming), BLEU and chrF sacreBLEU's 0-100 scores. The search ranked trials "
+           f"by validation {metrics.get('metric', 'loss')}, which is cheap; these scores are the test's.")
+    return [how, ""]
+
+
+def sample_lines(samples: list[dict]) -> list[str]:
+    """Sample outputs: instruction tuning's prompt and output; summarization's and translation's
+    source, reference, output and (when measured) the base model's output."""
+    lines: list[str] = []
+    for s in samples:
+        if "source" in s:
+            lines += [f"**Source:** {s['source']}", "", f"**Reference:** {s.get('reference', '')}", "",
+                      f"**Fine-tuned:** {s.get('output', '')}", ""]
+            if s.get("base_output") is not None:
+                lines += [f"**Base model:** {s['base_output']}", ""]
+        else:
+            lines += [f"**Prompt:** {s['prompt']}", "", f"**Output:** {s['output']}", ""]
+    if lines:
+        lines = ["### Sample outputs (test)", ""] + lines
+    return lines
+
+
 def _promotion_sentence(search: dict, metric: str) -> str:
     by = search.get("promote_by") or "loss"
     if by == "loss" and metric not in ("loss", "eval_loss"):
         return (f"Trials moved up a rung by validation loss (it already separates trials while {metric} "
                 f"is still at chance); the last rung's winner was chosen by validation {metric}.")
     return f"Trials moved up a rung and the winner was chosen by validation {metric}."
+
+
+def _reached(records: list[dict], index: int, rung: dict) -> int:
+    """Trials that trained in a rung: the plan's count on the local backend; on Ray's asynchronous
+    scheduler it depends on the order trials finished in, so count the records."""
+    n = len({r["trial"] for r in records if r.get("rung") == index})
+    return n or rung["n_trials"]
+
+
+def _where_sentence(search: dict) -> str:
+    n = search.get("trials_at_once") or 1
+    return (f"Trials ran on the {search.get('backend') or 'local'} backend ({search.get('scheduler')}), "
+            + ("one at a time." if n == 1 else f"up to {n} trials at once."))

@@ -148,17 +148,21 @@ def for_technique(config: dict, technique: str) -> dict:
 
 
 # Secondary knobs in order of how much they usually matter, by technique. At most two are
-# searched next to the learning rate (which dominates every sensitivity study).
+# searched next to the learning rate (which dominates every sensitivity study). The model's own
+# dropout (`model_dropout`, Trial sets every dropout probability of the config) is in a search
+# space only where the advisor's rules put it (SEARCH-003: small data, full/freeze), and then it
+# leads: the rule says overfitting is the risk to search against.
 SECONDARY_PRIORITY: dict[str, tuple[str, ...]] = {
-    "lora": ("lora_r", "lora_dropout", "weight_decay", "warmup_ratio"),
-    "qlora": ("lora_r", "lora_dropout", "weight_decay", "warmup_ratio"),
-    "freeze": ("layer_decay", "freeze_layers", "weight_decay", "warmup_ratio"),
-    "full": ("weight_decay", "warmup_ratio", "layer_decay"),
+    "lora": ("lora_r", "lora_dropout", "weight_decay", "warmup_ratio", "model_dropout"),
+    "qlora": ("lora_r", "lora_dropout", "weight_decay", "warmup_ratio", "model_dropout"),
+    "freeze": ("model_dropout", "layer_decay", "freeze_layers", "weight_decay", "warmup_ratio"),
+    "full": ("model_dropout", "weight_decay", "warmup_ratio", "layer_decay"),
 }
 
 # Names other tools (and the advisor) use for the same knobs.
 ALIASES = {"lr": "learning_rate", "lora_rank": "lora_r", "rank": "lora_r", "dropout": "lora_dropout",
-           "warmup": "warmup_ratio", "layerwise_lr_decay": "layer_decay", "lr_decay": "layer_decay"}
+           "warmup": "warmup_ratio", "layerwise_lr_decay": "layer_decay", "lr_decay": "layer_decay",
+           "hidden_dropout": "model_dropout"}
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,24 @@ def sample_configs(search_space: dict, n: int, seed: int = 0, technique: str = "
             cfg["lora_alpha"] = 2 * int(cfg["lora_r"])
         configs.append(for_technique(cfg, technique))
     return configs
+
+
+def trial_hparams(config: dict, warmup: int) -> dict:
+    """The Trial's hyperparameters for a configuration: its warmup as steps, not a ratio (a ratio
+    of which run? the search's rungs and the final run differ in length)."""
+    hparams = {k: v for k, v in config.items() if k != "warmup_ratio"}
+    hparams["warmup_steps"] = int(warmup)
+    return hparams
+
+
+def smaller_micro_batch(bs: int, accum: int) -> tuple[int, int]:
+    """After an out-of-memory error: about half the micro-batch with the same effective batch
+    bs x accum (the largest divisor of it not above bs // 2)."""
+    eff = bs * accum
+    for d in range(max(1, bs // 2), 0, -1):
+        if eff % d == 0:
+            return d, eff // d
+    return 1, eff
 
 
 def warmup_steps(warmup_ratio: float, total_steps: int, cap: int | None = None) -> int:

@@ -1,8 +1,9 @@
 """Successive-halving hyperparameter search over `Trial`s, persisted and resumable.
 
-    result = run_search(trial_kwargs, search_space, SearchSettings(n_trials=9), out_dir, progress)
+    result = run_search(plan.trial, bundle, search_space, SearchSettings(n_trials=9), out_dir, progress)
 
-How it runs (one process, trials one after another):
+How it runs here (the `local` backend: one process, trials one after another; the `ray` backend,
+`search_ray.py`, runs the same `run_trial_rung` on Ray Tune):
 - promotions rank trials by validation loss, the winner of the last rung by the user's metric
   (see `_rank`);
 - configurations come from `schedule.sample_configs` (seeded), rungs from
@@ -13,31 +14,36 @@ How it runs (one process, trials one after another):
 - a trial trains with constant learning rate after warmup (decay only in the final run), is
   evaluated on the validation split, saves a checkpoint and is closed
   (`trial.close()` frees its memory) before the next one starts; a promoted trial is rebuilt
-  from its checkpoint and *continues* to the next rung's budget;
+  from its checkpoint and *continues* to the next rung's budget (`run_trial_rung`);
 - the winner's last checkpoint is kept (`SearchResult.best_checkpoint`): the final run continues
   it rather than training the same configuration again from step 0; every other is removed;
 - every finished trial-rung is appended to `trials.jsonl` (`store.TrialStore`) at once; a resumed
   search skips the trial-rungs found there and continues promoted trials from their checkpoints;
-- out of memory: half the micro-batch, double the accumulation (same effective batch) and retry;
-  a NaN loss marks the trial failed; neither stops the search;
+- out of memory: the Trial's own back-off (half the micro-batch, same effective batch) and the
+  record says "oom-retried"; out of memory at micro-batch 1, or a NaN loss, fails the trial;
+  neither stops the search;
 - `time_budget_s` caps the search: a trial-rung that would run past it is abandoned and the best
   trial of the highest rung reached wins.
 """
 from __future__ import annotations
 
-import gc
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from autoft.advisor.spec import check_at_least
+from autoft.autotrain import checkpoints
+from autoft.autotrain.checkpoints import TrialDiverged
 from autoft.autotrain.evaluate import validation_loss
 from autoft.autotrain.progress import Progress
-from autoft.autotrain.schedule import Rung, sample_configs, successive_halving, total_cost_steps
+from autoft.autotrain.schedule import Rung, sample_configs, successive_halving, total_cost_steps, trial_hparams
 from autoft.autotrain.store import OK_STATUSES, TrialStore, write_json
 from autoft.errors import AutoftError
+
+if TYPE_CHECKING:
+    from autoft.autotrain.plan import TrialSpec
 
 # Below this many steps a first rung mostly measures warmup noise (field notes section 3).
 MIN_STEPS_ADVISED = 100
@@ -48,13 +54,12 @@ class SearchSettings:
     n_trials: int = 9
     eta: int = 3
     min_steps: int = 100
-    max_steps: int | None = None  # cap of any rung's cumulative budget (the final run's steps)
+    max_steps: int | None = None  # cap of any rung's cumulative budget
     time_budget_s: float | None = None
-    seed: int = 0
+    seed: int = 0  # configuration sampling
     metric: str = "accuracy"  # key of Trial.evaluate(): accuracy, macro_f1, eval_loss, loss
     higher_is_better: bool = True
     warmup_steps: int = 0  # in optimizer steps; kept inside the first rung
-    max_eval_examples: int | None = None
     drop_single_last_rung: bool = True
     warn_short_rungs: bool = True  # warn when min_steps < MIN_STEPS_ADVISED
     # what decides promotions between rungs: "loss" (validation loss) or "metric"; the winner of
@@ -62,15 +67,17 @@ class SearchSettings:
     promote_by: str = "loss"
 
     def __post_init__(self) -> None:
-        if self.n_trials < 1:
-            raise AutoftError(f"--search-trials must be at least 1, got {self.n_trials}", "pass --search-trials 9")
-        if self.eta < 2:
-            raise AutoftError(f"--eta must be at least 2, got {self.eta}", "pass --eta 3")
-        if self.min_steps < 1:
-            raise AutoftError(f"--min-steps must be at least 1, got {self.min_steps}", "pass --min-steps 100")
+        check_at_least("--search-trials", self.n_trials, 1)
+        check_at_least("--eta", self.eta, 2, fix="pass --eta 3")
+        check_at_least("--min-steps", self.min_steps, 1)
         if self.promote_by not in ("loss", "metric"):
             raise AutoftError(f"promote_by must be 'loss' or 'metric', got {self.promote_by!r}",
                               "use 'loss' (the default) or 'metric'")
+
+    @property
+    def warmup(self) -> int:
+        """Warmup steps of every trial: it ends inside the first rung."""
+        return min(int(self.warmup_steps), max(0, self.min_steps // 2))
 
 
 @dataclass
@@ -90,6 +97,10 @@ class SearchResult:
     # None when it has none (a search written before checkpoints were kept in the last rung)
     best_checkpoint: str | None = None
     best_steps: int = 0
+    # where and how the trials ran (search.json says the same)
+    backend: str = "local"
+    scheduler: str = "synchronous successive halving"
+    trials_at_once: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -101,38 +112,15 @@ class _OutOfTime(Exception):
     pass
 
 
+class SearchOutOfTime(AutoftError):
+    """The time budget ran out before any trial-rung finished: the run trains without a search."""
+
+
 def plan_rungs(s: SearchSettings) -> list[Rung]:
     rungs = successive_halving(s.n_trials, s.eta, s.min_steps, s.max_steps)
     if s.drop_single_last_rung and len(rungs) > 1 and rungs[-1].n_trials == 1:
         rungs = rungs[:-1]
     return rungs
-
-
-def _is_oom(err: BaseException) -> bool:
-    import torch  # noqa: PLC0415
-
-    return isinstance(err, torch.OutOfMemoryError)
-
-
-def _free_memory() -> None:
-    gc.collect()
-    try:
-        import torch  # noqa: PLC0415
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
-
-
-def smaller_micro_batch(bs: int, accum: int) -> tuple[int, int]:
-    """After an OOM: about half the micro-batch with the same effective batch bs x accum (the
-    largest divisor of it not above bs // 2)."""
-    eff = bs * accum
-    for d in range(max(1, bs // 2), 0, -1):
-        if eff % d == 0:
-            return d, eff // d
-    return 1, eff
 
 
 def _loss_of(r: dict) -> float:
@@ -161,249 +149,228 @@ def _rank(records: list[dict], higher_is_better: bool, by: str = "metric") -> li
     return sorted(ok, key=key)
 
 
-def run_search(trial_kwargs: dict, search_space: dict, settings: SearchSettings,
+def run_search(spec: "TrialSpec", bundle: Any, search_space: dict, settings: SearchSettings,
                out_dir: str | os.PathLike, progress: Progress | None = None,
-               trial_factory: Any = None, technique: str | None = None,
-               base_config: dict | None = None) -> SearchResult:
-    """Run (or resume) the search. `trial_kwargs` are the Trial constructor's arguments shared by
-    all trials (model_source, bundle, task, technique, batch_size, grad_accum, seq_len, precision,
-    gradient_checkpointing, device, ...). `trial_factory` defaults to `trainer.Trial` (tests pass
-    a subclass). `base_config` gives the values of knobs that are not searched."""
-    if trial_factory is None:
-        from autoft.autotrain.trainer import Trial  # noqa: PLC0415
+               trial_factory: Any = None, base_config: dict | None = None,
+               on_rung_end: Callable[[int, list[dict]], list[Rung]] | None = None) -> SearchResult:
+    """Run (or resume) the search: every trial is `spec` (the run's model and setup) with one
+    sampled configuration. `trial_factory` defaults to `trainer.Trial` (tests pass a subclass).
+    `base_config` gives the values of knobs that are not searched. `on_rung_end(index, records)`
+    may return the rungs from then on (the same budgets; fewer trials or fewer rungs): a time
+    budget re-plans there."""
+    return _Search(spec, bundle, search_space, settings, Path(out_dir), progress or Progress(),
+                   trial_factory, base_config, on_rung_end).run()
 
-        trial_factory = Trial
-    progress = progress or Progress()
-    out = Path(out_dir)
-    s = settings
-    technique = technique or trial_kwargs.get("technique", "lora")
-    configs = sample_configs(search_space, s.n_trials, seed=s.seed, technique=technique, base=base_config)
-    rungs = plan_rungs(s)
-    warnings: list[str] = []
-    if s.warn_short_rungs and s.min_steps < MIN_STEPS_ADVISED:
-        warnings.append(f"the first rung has only {s.min_steps} steps (under {MIN_STEPS_ADVISED}): "
-                        "early rankings will be noisy; raise --min-steps on real runs")
-    warmup = min(int(s.warmup_steps), max(0, s.min_steps // 2))  # warmup ends inside rung 1
-    store = TrialStore(out / "trials.jsonl")
-    # On resume the configurations must be the ones the store was written with.
-    for rec in store.records:
-        t = rec.get("trial")
-        if isinstance(t, int) and (t >= len(configs) or rec.get("config") != configs[t]):
-            raise AutoftError(f"{out / 'trials.jsonl'} was written by a different search (trial {t})",
-                              "resume with the same settings, or start a new --output folder")
-    write_json(out / "search.json", {"settings": asdict(s), "rungs": [asdict(r) for r in rungs],
-                                     "configs": configs, "warmup_steps": warmup})
-    for w in warnings:
-        progress.emit("warning", text=w)
 
-    t_start = time.monotonic()
-    prior_seconds = store.search_seconds()  # time spent before a resume counts against the budget
+class _Search:
+    """One search: its configurations, rungs and store, run rung by rung."""
 
-    def elapsed() -> float:
-        return prior_seconds + time.monotonic() - t_start
+    def __init__(self, spec, bundle, search_space, s: SearchSettings, out: Path, progress: Progress,
+                 factory, base_config, on_rung_end=None):
+        if factory is None:
+            from autoft.autotrain.trainer import Trial as factory  # noqa: N813  (torch, on first use)
+        self.spec, self.bundle, self.s, self.out, self.progress, self.factory = spec, bundle, s, out, progress, factory
+        self.configs = sample_configs(search_space, s.n_trials, seed=s.seed, technique=spec.technique,
+                                      base=base_config)
+        self.rungs = plan_rungs(s)
+        self.on_rung_end = on_rung_end
+        self.store = TrialStore(out / "trials.jsonl")
+        self.warnings: list[str] = []
+        if s.warn_short_rungs and s.min_steps < MIN_STEPS_ADVISED:
+            self.warnings.append(f"the first rung has only {s.min_steps} steps (under {MIN_STEPS_ADVISED}): "
+                                 "early rankings will be noisy; raise --min-steps on real runs")
+        # On resume the configurations must be the ones the store was written with.
+        for record in self.store.records:
+            t = record.get("trial")
+            if isinstance(t, int) and (t >= len(self.configs) or record.get("config") != self.configs[t]):
+                raise AutoftError(f"{out / 'trials.jsonl'} was written by a different search (trial {t})",
+                                  "resume with the same settings, or start a new --output folder")
+        self.t_start = time.monotonic()
+        self.prior_seconds = self.store.search_seconds()  # time spent before a resume counts
+        self.done_steps = sum(r.new_steps for r in self.rungs for (_, i) in self.store.finished() if i == r.index)
 
-    total_steps = total_cost_steps(rungs)
-    done_steps = sum(r.new_steps for r in rungs for (t, i) in store.finished() if i == r.index)
-    progress.emit("phase", name="search", total_steps=total_steps)
-    progress.emit("stage", name="search", detail=f"{s.n_trials} configurations, {len(rungs)} rungs, "
-                  f"eta {s.eta}, {total_steps} optimizer steps in all"
-                  + (f", {len(store.records)} trial-rungs already done" if store.records else ""))
+    def elapsed(self) -> float:
+        return self.prior_seconds + time.monotonic() - self.t_start
 
-    alive = list(range(len(configs)))
-    stopped = False
-    for rung in rungs:
-        if rung.index > 0:
-            prev = [store.get(t, rung.index - 1) for t in alive]
-            ranked = _rank([r for r in prev if r], s.higher_is_better, by=s.promote_by)
-            alive = sorted(r["trial"] for r in ranked[: rung.n_trials])
-            if not alive:
+    # where and how the trials run: search.json and SearchResult carry it (a backend overrides it)
+    backend, scheduler, trials_at_once = "local", "synchronous successive halving", 1
+
+    def announce(self, where: str = "") -> None:
+        """search.json (the schedule, the configurations, where the trials run) and the search's
+        first events."""
+        s, progress = self.s, self.progress
+        write_json(self.out / "search.json", {"settings": asdict(s), "rungs": [asdict(r) for r in self.rungs],
+                                              "configs": self.configs, "warmup_steps": s.warmup,
+                                              **self.describe()})
+        for w in self.warnings:
+            progress.emit("warning", text=w)
+        total = total_cost_steps(self.rungs)
+        progress.emit("phase", name="search", total_steps=total)
+        progress.emit("stage", name="search", detail=f"{s.n_trials} configurations, {len(self.rungs)} rungs, "
+                      f"eta {s.eta}, {total} optimizer steps in all{where}"
+                      + (f", {len(self.store.records)} trial-rungs already done" if self.store.records else ""))
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "scheduler": self.scheduler, "trials_at_once": self.trials_at_once}
+
+    def run(self) -> SearchResult:
+        s, progress = self.s, self.progress
+        self.announce()
+        alive, stopped, i = list(range(len(self.configs))), False, 0
+        while i < len(self.rungs):  # (a time budget may cut the rungs after each one: on_rung_end)
+            rung = self.rungs[i]
+            if rung.index > 0:
+                alive = self._promoted(alive, rung)
+                if not alive:
+                    break
+            stopped = self._run_rung(rung, alive)
+            if stopped:
+                progress.emit("warning", text=f"time budget of {s.time_budget_s:.0f} s reached: the search "
+                              f"stops in rung {rung.index + 1}")
                 break
-        progress.emit("rung_start", rung=rung.index, n_rungs=len(rungs), n_trials=len(alive),
+            if rung.index > 0:  # the previous rung's checkpoints of trials not promoted
+                checkpoints.drop_rung(self.out, rung.index - 1)
+            if self.on_rung_end is not None:
+                self.rungs = self.rungs[:i + 1] + list(self.on_rung_end(rung.index, self.store.records))[i + 1:]
+            last = rung.index == self.rungs[-1].index
+            done = [r for r in (self.store.get(t, rung.index) for t in alive) if r]
+            ranked = _rank(done, s.higher_is_better, by="metric" if last else s.promote_by)
+            keep = 1 if last else self.rungs[rung.index + 1].n_trials
+            progress.emit("rung_end", rung=rung.index, promoted=[r["trial"] for r in ranked[:keep]])
+            i += 1
+        return self._result(stopped)
+
+    def _promoted(self, alive: list[int], rung: Rung) -> list[int]:
+        prev = [r for r in (self.store.get(t, rung.index - 1) for t in alive) if r]
+        ranked = _rank(prev, self.s.higher_is_better, by=self.s.promote_by)
+        return sorted(r["trial"] for r in ranked[: rung.n_trials])
+
+    def _run_rung(self, rung: Rung, alive: list[int]) -> bool:
+        """Train the rung's trials; True when the time budget stopped it."""
+        s, progress = self.s, self.progress
+        progress.emit("rung_start", rung=rung.index, n_rungs=len(self.rungs), n_trials=len(alive),
                       budget_steps=rung.budget_steps)
-        last = rung.index == rungs[-1].index
         for k, t in enumerate(alive):
-            rec = store.get(t, rung.index)
-            if rec is not None:
-                progress.emit("trial_end", resumed=True, **rec)
+            record = self.store.get(t, rung.index)
+            if record is not None:
+                progress.emit("trial_end", resumed=True, **record)
                 continue
-            if s.time_budget_s is not None and elapsed() >= s.time_budget_s:
-                stopped = True
-                break
+            if s.time_budget_s is not None and self.elapsed() >= s.time_budget_s:
+                return True
             progress.emit("trial_start", rung=rung.index, trial=t, index=k, n_trials=len(alive),
-                          config=configs[t])
+                          config=self.configs[t])
             try:
-                rec = _run_trial_rung(trial_factory, trial_kwargs, configs[t], t, rung, s, warmup,
-                                      store, out, progress, elapsed, done_steps)
+                record = run_trial_rung(self.factory, self.spec, self.bundle, self.configs[t], t, rung, s,
+                                     self.out, self.store.get(t, rung.index - 1), self._on_step(t, rung),
+                                     warn=lambda text: progress.emit("warning", text=text))
             except _OutOfTime:
-                stopped = True
-                break
-            done_steps += rung.new_steps
-            progress.emit("trial_end", **rec)
-        if stopped:
-            progress.emit("warning", text=f"time budget of {s.time_budget_s:.0f} s reached: the search "
-                          f"stops in rung {rung.index + 1}")
-            break
-        # the previous rung's checkpoints of trials not promoted are no longer needed
-        if rung.index > 0:
-            _drop_checkpoints(out, rung.index - 1)
-        done = [store.get(t, rung.index) for t in alive if store.get(t, rung.index)]
-        ranked = _rank(done, s.higher_is_better, by="metric" if last else s.promote_by)
-        keep = 1 if last else rungs[rung.index + 1].n_trials
-        progress.emit("rung_end", rung=rung.index, promoted=[r["trial"] for r in ranked[:keep]])
+                return True
+            record = self.store.append(record)
+            self.done_steps += rung.new_steps
+            progress.emit("trial_end", **record)
+        return False
 
-    # The winner: best OK trial of the highest rung that has any.
-    best = None
-    for rung in reversed(rungs):
-        ranked = _rank([r for r in store.records if r.get("rung") == rung.index], s.higher_is_better)
-        if ranked:
-            best = ranked[0]
-            break
-    if best is None:
-        statuses = sorted({r.get("status") for r in store.records})
+    def _on_step(self, t: int, rung: Rung) -> Callable[[dict], None]:
+        base, start = self.done_steps, rung.prev_budget_steps
+
+        def on_step(info: dict) -> None:
+            self.progress.emit("step", phase="search", rung=rung.index, trial=t, step=info.get("step"),
+                               total=rung.budget_steps, loss=info.get("loss"), lr=info.get("lr"),
+                               done_steps=base + int(info.get("step", start)) - start)
+            if self.s.time_budget_s is not None and self.elapsed() >= self.s.time_budget_s:
+                raise _OutOfTime()
+
+        return on_step
+
+    def winner(self, stopped: bool = False) -> dict:
+        """The winner's record: the best OK trial of the highest rung that has any."""
+        for rung in reversed(self.rungs):
+            ranked = _rank([r for r in self.store.records if r.get("rung") == rung.index], self.s.higher_is_better)
+            if ranked:
+                return ranked[0]
+        statuses = sorted({r.get("status") for r in self.store.records})
+        if stopped and not self.store.records:
+            raise SearchOutOfTime("the time budget ran out before any search trial finished",
+                                  "raise --time-budget")
         raise AutoftError(f"every search trial failed ({', '.join(statuses) or 'none finished'})",
                           "lower the learning-rate range, raise --time-budget or use --no-search")
-    ckpt = best.get("checkpoint")
-    if not (ckpt and (out / ckpt / "trial.json").is_file()):
-        ckpt = None
-    _drop_checkpoints_except(out, ckpt)
-    return SearchResult(best_trial=best["trial"], best_config=configs[best["trial"]], best_metric=best["metric"],
-                        metric=s.metric, rungs=rungs, configs=configs, records=list(store.records),
-                        seconds=round(elapsed(), 2), stopped_by_time=stopped, warnings=warnings,
-                        promote_by=s.promote_by, best_checkpoint=ckpt, best_steps=int(best["steps"]) if ckpt else 0)
+
+    def _result(self, stopped: bool) -> SearchResult:
+        best = self.winner(stopped)
+        ckpt = best.get("checkpoint")
+        if not (ckpt and checkpoints.is_complete(self.out / ckpt)):
+            ckpt = None
+        checkpoints.drop_search(self.out, keep=ckpt)
+        return SearchResult(best_trial=best["trial"], best_config=self.configs[best["trial"]],
+                            best_metric=best["metric"], metric=self.s.metric, rungs=self.rungs,
+                            configs=self.configs, records=list(self.store.records), seconds=round(self.elapsed(), 2),
+                            stopped_by_time=stopped, warnings=self.warnings, promote_by=self.s.promote_by,
+                            best_checkpoint=ckpt, best_steps=int(best["steps"]) if ckpt else 0,
+                            backend=self.backend, scheduler=self.scheduler, trials_at_once=self.trials_at_once)
 
 
-def _ckpt_dir(out: Path, trial: int, rung: int) -> Path:
-    return out / "checkpoints" / f"trial-{trial:03d}" / f"rung-{rung}"
-
-
-def _drop_checkpoints(out: Path, rung: int) -> None:
-    root = out / "checkpoints"
-    if root.is_dir():
-        for d in root.glob(f"trial-*/rung-{rung}"):
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def _drop_checkpoints_except(out: Path, keep: str | None) -> None:
-    """Remove every search checkpoint but `keep` (relative to out), and empty trial folders."""
-    root = out / "checkpoints"
-    if not root.is_dir():
-        return
-    keep_path = (out / keep).resolve() if keep else None
-    for d in root.glob("trial-*/rung-*"):
-        if d.resolve() != keep_path:
-            shutil.rmtree(d, ignore_errors=True)
-    for d in root.glob("trial-*"):
-        if d.is_dir() and not any(d.iterdir()):
-            d.rmdir()
-    if not any(root.iterdir()):
-        root.rmdir()
-
-
-def _run_trial_rung(factory, trial_kwargs: dict, config: dict, t: int, rung: Rung, s: SearchSettings,
-                    warmup: int, store: TrialStore, out: Path, progress: Progress,
-                    elapsed: Callable[[], float], done_base: int) -> dict:
-    prev = store.get(t, rung.index - 1) if rung.index > 0 else None
-    bs = int((prev or {}).get("batch_size") or trial_kwargs.get("batch_size", 8))
-    accum = int((prev or {}).get("grad_accum") or trial_kwargs.get("grad_accum", 1))
-    status = "ok"
-    metric = None
-    evals: dict = {}
-    ckpt = None
-    t0 = time.monotonic()
-    hparams = {k: v for k, v in config.items() if k != "warmup_ratio"}
-    hparams["warmup_steps"] = warmup
-    start_steps = rung.prev_budget_steps
-
-    def on_step(info: dict) -> None:
-        progress.emit("step", phase="search", rung=rung.index, trial=t, step=info.get("step"),
-                      total=rung.budget_steps, loss=info.get("loss"), lr=info.get("lr"),
-                      done_steps=done_base + int(info.get("step", start_steps)) - start_steps)
-        if s.time_budget_s is not None and elapsed() >= s.time_budget_s:
-            raise _OutOfTime()
-
-    attempts = 0
-    while True:
-        trial = None
-        attempts += 1
-        try:
-            if prev is not None:
-                trial = factory.load_checkpoint(out / prev["checkpoint"], trial_kwargs["bundle"],
-                                                device=trial_kwargs.get("device", "cpu"))
-                if (trial.batch_size, trial.grad_accum) != (bs, accum):
-                    trial.set_micro_batch(bs, accum)
-            else:
-                kw = dict(trial_kwargs)
-                kw.update(batch_size=bs, grad_accum=accum, hparams=hparams, lr_schedule="constant",
-                          seed=s.seed, warmup_steps=warmup)
-                kw.setdefault("max_eval_examples", s.max_eval_examples)
-                trial = factory(**kw)
-            while trial.steps_done < rung.budget_steps:
-                try:
-                    trial.train(rung.budget_steps - trial.steps_done, on_step=on_step)
-                except Exception as err:  # noqa: BLE001
-                    if not _is_oom(err) or bs <= 1:
-                        raise
-                    # same effective batch, half the activation memory; redo the step
-                    bs, accum = smaller_micro_batch(bs, accum)
-                    status = "oom-retried"
-                    _free_memory()
-                    progress.emit("warning", text=f"trial {t} ran out of memory: retrying with "
-                                  f"micro-batch {bs} x {accum} accumulation")
-                    trial.set_micro_batch(bs, accum)
-            evals = trial.evaluate("validation")
-            metric = evals.get(s.metric)
-            if metric is None or metric != metric:  # NaN metric: treat as diverged
-                raise _diverged_type()(trial.steps_done, float("nan"))
-            # (in the last rung too: the winner's checkpoint is where the final run starts)
-            ckpt = _ckpt_dir(out, t, rung.index)
-            trial.save_checkpoint(ckpt)
-            ckpt = str(ckpt.relative_to(out))
-            break
-        except _OutOfTime:
+def run_trial_rung(factory, spec: "TrialSpec", bundle: Any, config: dict, t: int, rung: Rung, s: SearchSettings,
+                   out: Path, prev: dict | None, on_step: Callable[[dict], None],
+                   warn: Callable[[str], None] = lambda text: None) -> dict:
+    """Train trial `t` (configuration `config`) to the rung's budget - from scratch in the first
+    rung, else continuing its previous rung's checkpoint (`prev`, that rung's record) - evaluate
+    it, checkpoint it, and return the trial-rung's record (not yet stored). The unit of work of
+    every search backend."""
+    status, metric, evals, ckpt = "ok", None, {}, None
+    t0, started_at = time.monotonic(), time.time()
+    trial = None
+    try:
+        trial = _trial_for_rung(factory, spec, bundle, config, s, out, prev)
+        trial.on_backoff = lambda bs, acc: warn(f"trial {t} ran out of memory: retrying with "
+                                                f"micro-batch {bs} x {acc} accumulation")
+        backoffs = trial.backoffs
+        trial.train(rung.budget_steps - trial.steps_done, on_step=on_step)
+        evals = trial.evaluate("validation")
+        metric = evals.get(s.metric)
+        if metric is None or metric != metric:  # NaN metric: treat as diverged
+            raise TrialDiverged(trial.steps_done, float("nan"))
+        if trial.backoffs > backoffs or (prev or {}).get("status") == "oom-retried":
+            status = "oom-retried"
+        # (in the last rung too: the winner's checkpoint is where the final run starts)
+        path = checkpoints.search_dir(out, t, rung.index)
+        trial.save_checkpoint(path)
+        ckpt = str(path.relative_to(out))
+    except TrialDiverged:
+        status, metric = "failed-nan", None
+    except Exception as err:  # noqa: BLE001
+        if not _is_oom(err):
             raise
-        except Exception as err:  # noqa: BLE001
-            if _is_diverged(err):
-                status, metric = "failed-nan", None
-                break
-            if _is_oom(err):
-                # OOM outside train() (building, restoring, evaluating): rebuild smaller
-                if bs > 1 and attempts < 8:
-                    bs, accum = smaller_micro_batch(bs, accum)
-                    status = "oom-retried"
-                    progress.emit("warning", text=f"trial {t} ran out of memory: retrying with "
-                                  f"micro-batch {bs} x {accum} accumulation")
-                    if trial is not None:
-                        trial.close()
-                        trial = None
-                    _free_memory()
-                    continue
-                status, metric = "failed-oom", None
-                break
-            raise
-        finally:
-            if trial is not None:
-                trial.close()  # frees the model, optimizer and the CUDA cache
-    rec = {"trial": t, "rung": rung.index, "config": config, "steps": rung.budget_steps,
-           "metric": metric, "metric_name": s.metric, "higher_is_better": s.higher_is_better,
-           "eval": _small_eval(evals), "seconds": round(time.monotonic() - t0, 2), "status": status,
-           "batch_size": bs, "grad_accum": accum, "checkpoint": ckpt}
-    return store.append(rec)
+        status, metric = "failed-oom", None  # even micro-batch 1 does not fit
+    finally:
+        bs, accum = (trial.batch_size, trial.grad_accum) if trial is not None else (spec.batch_size, spec.grad_accum)
+        if trial is not None:
+            trial.close()  # frees the model, optimizer and the CUDA cache
+    return {"trial": t, "rung": rung.index, "config": config, "steps": rung.budget_steps,
+            "metric": metric, "metric_name": s.metric, "higher_is_better": s.higher_is_better,
+            "eval": _small_eval(evals), "seconds": round(time.monotonic() - t0, 2), "status": status,
+            "batch_size": bs, "grad_accum": accum, "checkpoint": ckpt,
+            # Unix seconds: when trials overlapped (several at once on Ray), on which clock
+            "started_at": round(started_at, 3), "finished_at": round(time.time(), 3)}
+
+
+def _trial_for_rung(factory, spec, bundle, config: dict, s: SearchSettings, out: Path, prev: dict | None):
+    """A fresh Trial for the first rung; the previous rung's checkpoint rebuilt for the others
+    (with the micro-batch an out-of-memory back-off settled on)."""
+    if prev is None:
+        return factory.from_spec(spec, bundle, trial_hparams(config, s.warmup), lr_schedule="constant")
+    trial = factory.load_checkpoint(out / prev["checkpoint"], bundle, device=spec.device)
+    bs, accum = int(prev["batch_size"]), int(prev["grad_accum"])
+    if (trial.batch_size, trial.grad_accum) != (bs, accum):
+        trial.set_micro_batch(bs, accum)
+    return trial
+
+
+def _is_oom(err: BaseException) -> bool:
+    import torch  # noqa: PLC0415  (only ever reached with a Trial built, so torch is loaded)
+
+    return isinstance(err, torch.OutOfMemoryError)
 
 
 def _small_eval(ev: dict) -> dict:
     """Scalar metrics only: per-class tables and confusion matrices belong to the final run."""
     return {k: v for k, v in (ev or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _diverged_type():
-    from autoft.autotrain.trainer import TrialDiverged  # noqa: PLC0415
-
-    return TrialDiverged
-
-
-def _is_diverged(err: BaseException) -> bool:
-    try:
-        return isinstance(err, _diverged_type())
-    except ImportError:  # pragma: no cover
-        return False
-

@@ -12,7 +12,7 @@ optimizer are also here (`prepare_model`, `make_optimizer`), for the tracer to b
 """
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Callable, Iterable
 
 import torch
@@ -20,20 +20,26 @@ import torch
 
 def optimizer_step(model, micro_batches: Iterable[dict], *, optimizer, scheduler, scaler, params,
                    clip_norm: float, grad_accum: int,
-                   autocast: Callable[[], AbstractContextManager]) -> torch.Tensor:
+                   autocast: Callable[[], AbstractContextManager],
+                   loss_fn: Callable[[dict], torch.Tensor] | None = None,
+                   micro_step: Callable[[bool], AbstractContextManager] | None = None) -> torch.Tensor:
     """Forward and backward over the micro-batches (loss / grad_accum each, gradients accumulate),
     clip, optimizer step, scheduler step, gradients freed. Returns the summed loss of the
     micro-batches (a 0-d tensor on the device, not synchronised).
 
     `micro_batches` yields the model's keyword arguments (input_ids, attention_mask, labels), each
     already on the device; `autocast()` returns the autocast context of the run; `scaler` is a
-    GradScaler (fp16) or None."""
+    GradScaler (fp16) or None; `loss_fn(batch)` the micro-batch's mean loss (default
+    `model(**batch).loss`; the Trial's own adds class weights and multi-label); `micro_step(last)`
+    the context of one micro-batch's forward and backward (DDP: no gradient sync but the last)."""
+    loss_fn = loss_fn or (lambda b: model(**b).loss)
     step_loss = None
-    for batch in micro_batches:
-        with autocast():
-            loss = model(**batch).loss
-        scaled = loss / grad_accum
-        (scaler.scale(scaled) if scaler else scaled).backward()
+    for k, batch in enumerate(micro_batches):
+        with micro_step(k == grad_accum - 1) if micro_step else nullcontext():
+            with autocast():
+                loss = loss_fn(batch)
+            scaled = loss / grad_accum
+            (scaler.scale(scaled) if scaler else scaled).backward()
         step_loss = loss.detach().float() if step_loss is None else step_loss + loss.detach().float()
     if scaler:
         scaler.unscale_(optimizer)

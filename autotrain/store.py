@@ -9,7 +9,9 @@ successive halving in one process does not have.
 A record: {"trial": 3, "rung": 1, "config": {...}, "steps": 300, "metric": 0.81,
 "metric_name": "accuracy", "higher_is_better": true, "eval": {...}, "seconds": 41.2,
 "status": "ok" | "oom-retried" | "failed-nan" | "failed-oom", "batch_size": 8, "grad_accum": 2,
-"checkpoint": "checkpoints/trial-03/rung-1" | null, "time": "2026-11-22T04:00:00Z"}.
+"checkpoint": "checkpoints/trial-03/rung-1" | null, "started_at": 1795752000.0, "finished_at": 1795752041.2
+(Unix seconds), "time": "2026-11-22T04:00:00Z"}; the ray backend adds "worker" (host:pid),
+"ray_trial_id" and "ray_checkpoint" (where Ray's storage keeps that checkpoint).
 """
 from __future__ import annotations
 

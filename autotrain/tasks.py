@@ -1,13 +1,20 @@
 """Turning records into token tensors, per task family.
 
-Classification: {"text", "label"} -> input_ids truncated to seq_len + a label id.
+Classification: {"text", "label"} -> input_ids truncated to seq_len + a label id. Sentence pairs
+({"text", "text_pair", ...}) are the tokenizer's pair input, truncated longest-first so both sides
+keep tokens; multi-label records ({"text", "labels": [...]}) get a 0/1 vector as their label.
 Generation: {"messages": [...]} -> the tokenizer's chat template when it has one, else a plain
 prompt template; labels are -100 on the prompt tokens so the loss covers the response only.
+Summarization/translation: {"source", "target"} -> on an encoder-decoder, source ids (with T5's
+task prefix) for the encoder and labels = target ids for the decoder (padded with -100); on a
+decoder, an instruction prompt ("Summarize ...", "Translate from English to German ...") and the
+target as its response, encoded as generation (loss on the target only).
 Batches are padded dynamically (to the longest example in the batch). The sampler orders examples
 per epoch from the seed, grouping similar lengths (sorted within mega-chunks) so padding is small.
 """
 from __future__ import annotations
 
+import bisect
 import random
 from typing import Iterable, Sequence
 
@@ -21,17 +28,35 @@ MEGA_CHUNK = 256  # examples sorted by length together (independent of the micro
 # -- classification ---------------------------------------------------------------------------
 def encode_classification(records: Sequence[dict], tokenizer, seq_len: int,
                           label_names: Sequence[str]) -> list[dict]:
-    """[{input_ids, label}] with truncation to seq_len. Unknown labels are an AutoftError."""
+    """[{input_ids, label}] with truncation to seq_len. Unknown labels are an AutoftError.
+    Pairs: the tokenizer's (text, text_pair) input, `truncation="longest_first"` (tokens come off
+    the longer side first, so neither side is cut away), plus token_type_ids where the tokenizer
+    makes them (BERT's segment ids). Multi-label: `label` is a 0.0/1.0 list over label_names."""
     index = {str(n): i for i, n in enumerate(label_names)}
     texts = [str(r["text"]) for r in records]
-    enc = tokenizer(texts, truncation=True, max_length=seq_len, add_special_tokens=True)
+    pairs = [str(r["text_pair"]) for r in records] if records and "text_pair" in records[0] else None
+    if pairs is not None:
+        enc = tokenizer(texts, pairs, truncation="longest_first", max_length=seq_len, add_special_tokens=True)
+    else:
+        enc = tokenizer(texts, truncation=True, max_length=seq_len, add_special_tokens=True)
+    types = enc.get("token_type_ids") if pairs is not None else None
     out = []
-    for r, ids in zip(records, enc["input_ids"]):
-        lab = str(r["label"])
-        if lab not in index:
-            raise AutoftError(f"label {lab!r} is not one of the {len(index)} known labels",
-                              "make every split use the training split's labels")
-        out.append({"input_ids": ids, "label": index[lab]})
+    for i, (r, ids) in enumerate(zip(records, enc["input_ids"])):
+        labs = [str(x) for x in r["labels"]] if "labels" in r else [str(r["label"])]
+        for lab in labs:
+            if lab not in index:
+                raise AutoftError(f"label {lab!r} is not one of the {len(index)} known labels",
+                                  "make every split use the training split's labels")
+        if "labels" in r:
+            label: int | list[float] = [0.0] * len(index)
+            for lab in labs:
+                label[index[lab]] = 1.0
+        else:
+            label = index[labs[0]]
+        ex = {"input_ids": ids, "label": label}
+        if types is not None:
+            ex["token_type_ids"] = types[i]
+        out.append(ex)
     return out
 
 
@@ -93,21 +118,117 @@ def encode_generation(records: Sequence[dict], tokenizer, seq_len: int) -> list[
 
 
 def pack(examples: Sequence[dict], seq_len: int, seed: int) -> list[dict]:
-    """Concatenate (seeded order) examples into blocks of exactly seq_len tokens (the last,
-    shorter block is dropped unless it is the only one). Attention crosses example boundaries,
-    as in TRL's ConstantLengthDataset; the loss mask of each example is kept."""
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    ids, labels, blocks = [], [], []
+    """Whole examples packed into blocks of at most seq_len tokens, without crossing: each block
+    carries `position_ids` that restart at 0 for every example, which is what keeps an example
+    from attending to the one before it (transformers builds a block-diagonal causal mask from
+    them, or the trainer turns them into a 4D mask; see Trial's packing note). No example is
+    split (encode_generation already cut each to seq_len). Best-fit decreasing (TRL's "bfd"
+    strategy): longest first, each into the fullest block it still fits; the blocks are then
+    shuffled with `seed`. The first token of every example has label -100: nothing in its own
+    example predicts it, and the previous example must not."""
+    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]["input_ids"]), i))
+    blocks: list[dict] = []
+    free: list[tuple[int, int]] = []              # (room left, block index), kept sorted
     for i in order:
-        ids += examples[i]["input_ids"]
-        labels += examples[i]["labels"]
-        while len(ids) >= seq_len:
-            blocks.append({"input_ids": ids[:seq_len], "labels": labels[:seq_len]})
-            ids, labels = ids[seq_len:], labels[seq_len:]
-    if not blocks and ids:
-        blocks.append({"input_ids": ids, "labels": labels})
+        ex = examples[i]
+        n = len(ex["input_ids"])
+        if n == 0:
+            continue
+        k = bisect.bisect_left(free, (n, -1))       # the fullest block with room for n tokens
+        if k < len(free):
+            room, b = free.pop(k)
+        else:
+            room, b = seq_len, len(blocks)
+            blocks.append({"input_ids": [], "labels": [], "position_ids": []})
+        blk = blocks[b]
+        blk["input_ids"] += ex["input_ids"]
+        blk["labels"] += [IGNORE] + list(ex["labels"][1:])
+        blk["position_ids"] += list(range(n))
+        if room - n > 0:
+            bisect.insort(free, (room - n, b))
+    random.Random(seed).shuffle(blocks)
     return blocks
+
+
+def segment_ids(position_ids: Sequence[int]) -> list[int]:
+    """Which example of a packed block each token belongs to (a new one wherever the positions
+    restart), like transformers' find_packed_sequence_indices."""
+    out, seg = [], -1
+    for k, p in enumerate(position_ids):
+        if k == 0 or p != position_ids[k - 1] + 1:
+            seg += 1
+        out.append(seg)
+    return out
+
+
+# -- summarization and translation -----------------------------------------------------------
+from autoft.advisor.spec import SEQ2SEQ_TASKS  # noqa: E402  (one list of the seq2seq tasks)
+INSTRUCTIONS = {"summarization": "Summarize the following text.",
+                "translation": "Translate the following text from {src} to {tgt}."}
+# T5 (and Flan-T5) were pretrained on a multi-task mixture whose inputs start with a task prefix
+# (Raffel et al. 2020, Appendix D); fine-tuning with the same prefix starts from what it knows.
+T5_PREFIXES = {"summarization": "summarize: ", "translation": "translate {src} to {tgt}: "}
+
+
+def encoding_kind(task: str, config) -> str:
+    """How records of `task` become tensors for a model with `config`: "classification",
+    "generation" (a decoder reads prompt + response; seq2seq tasks on a decoder too) or "seq2seq"
+    (an encoder-decoder: source to the encoder, target as decoder labels)."""
+    if task == "classification":
+        return "classification"
+    if task in SEQ2SEQ_TASKS and getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    return "generation"
+
+
+def instruction(task: str, source_lang: str | None = None, target_lang: str | None = None) -> str:
+    from autoft.autotrain.data.seq2seq import language_name
+
+    return INSTRUCTIONS[task].format(src=language_name(source_lang), tgt=language_name(target_lang))
+
+
+def source_prefix(model_type: str, task: str, source_lang: str | None = None, target_lang: str | None = None) -> str:
+    """The text put before each source for an encoder-decoder: T5's task prefix, else nothing."""
+    from autoft.autotrain.data.seq2seq import language_name
+
+    if model_type != "t5" or task not in T5_PREFIXES:
+        return ""
+    return T5_PREFIXES[task].format(src=language_name(source_lang), tgt=language_name(target_lang))
+
+
+def seq2seq_messages(record: dict, task: str, source_lang: str | None = None,
+                     target_lang: str | None = None) -> list[dict]:
+    """A {source, target} record as the instruction-tuning conversation a decoder is trained on."""
+    return [{"role": "user", "content": instruction(task, source_lang, target_lang) + "\n\n" + record["source"]},
+            {"role": "assistant", "content": record["target"]}]
+
+
+def encode_seq2seq(records: Sequence[dict], tokenizer, seq_len: int, target_len: int,
+                   prefix: str = "") -> list[dict]:
+    """[{input_ids, labels}] for an encoder-decoder: the prefixed source truncated to seq_len tokens,
+    the target (tokenised as a target: Marian has a target-language vocabulary) truncated to
+    target_len, both ending with the tokenizer's end-of-sequence token. The model shifts the labels
+    right to make its decoder inputs."""
+    src = tokenizer([prefix + str(r["source"]) for r in records], truncation=True, max_length=seq_len)
+    tgt = tokenizer(text_target=[str(r["target"]) for r in records], truncation=True, max_length=target_len)
+    eos = tokenizer.eos_token_id
+    out = []
+    for a, b in zip(src["input_ids"], tgt["input_ids"]):
+        if eos is not None and (not b or b[-1] != eos):  # a tokenizer that adds no end-of-sequence:
+            b = (list(b) + [eos])[-target_len:] if len(b) < target_len else list(b[:-1]) + [eos]  # generation must learn to stop
+        out.append({"input_ids": a, "labels": b})
+    return out
+
+
+def length_cap(target_lengths: Sequence[int], slack: float = 1.25, floor: int = 8) -> int:
+    """Most new tokens to generate for one example: the 99th percentile of the reference lengths
+    (train targets, tokens) x `slack`. Greedy decoding stops at the end-of-sequence token; the cap
+    only bounds runaway outputs, which would otherwise cost the most time."""
+    if not target_lengths:
+        return floor
+    xs = sorted(target_lengths)
+    p99 = xs[min(len(xs) - 1, max(0, -(-99 * len(xs) // 100) - 1))]
+    return max(floor, int(p99 * slack + 0.999))
 
 
 # -- order and batches ------------------------------------------------------------------------
@@ -158,19 +279,27 @@ class ExampleStream:
 
 def collate(examples: Iterable[dict], pad_id: int, task: str) -> dict:
     """Pad to the longest example (right padding). Returns CPU tensors: input_ids,
-    attention_mask, labels (class ids, or token labels with -100) and `num_tokens` (an int: real,
-    non-pad tokens, for throughput, computed here on the CPU without a device sync)."""
+    attention_mask, labels (class ids, float 0/1 rows for multi-label, or token labels with
+    -100), token_type_ids (pairs) and position_ids (packed blocks: restarting per example; the
+    padding continues as one more segment, so no real token attends to it), and `num_tokens` (an
+    int: real, non-pad tokens, for throughput, computed here on the CPU without a device sync).
+    task "seq2seq": labels are the decoder's and padded to their own longest, with -100."""
     import torch
 
     examples = list(examples)
+    if task == "seq2seq":
+        return _collate_seq2seq(examples, pad_id)
     width = max(len(e["input_ids"]) for e in examples)
     n = len(examples)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     if task == "classification":
-        labels = torch.tensor([e["label"] for e in examples], dtype=torch.long)
+        multi = isinstance(examples[0]["label"], list)
+        labels = torch.tensor([e["label"] for e in examples], dtype=torch.float if multi else torch.long)
     else:
         labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    types = torch.zeros((n, width), dtype=torch.long) if "token_type_ids" in examples[0] else None
+    pos = torch.zeros((n, width), dtype=torch.long) if "position_ids" in examples[0] else None
     tokens = 0
     for i, e in enumerate(examples):
         L = len(e["input_ids"])
@@ -178,5 +307,34 @@ def collate(examples: Iterable[dict], pad_id: int, task: str) -> dict:
         mask[i, :L] = 1
         if task != "classification":
             labels[i, :L] = torch.tensor(e["labels"], dtype=torch.long)
+        if types is not None:
+            types[i, :L] = torch.tensor(e["token_type_ids"], dtype=torch.long)
+        if pos is not None:
+            pos[i, :L] = torch.tensor(e["position_ids"], dtype=torch.long)
+            pos[i, L:] = torch.arange(width - L)
         tokens += L
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels, "num_tokens": tokens}
+    if types is not None:
+        out["token_type_ids"] = types
+    if pos is not None:
+        out["position_ids"] = pos
+    return out
+
+
+def _collate_seq2seq(examples: list[dict], pad_id: int) -> dict:
+    import torch
+
+    n = len(examples)
+    width = max(len(e["input_ids"]) for e in examples)
+    t_width = max(len(e["labels"]) for e in examples)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    labels = torch.full((n, t_width), IGNORE, dtype=torch.long)
+    tokens = 0
+    for i, e in enumerate(examples):
+        L, T = len(e["input_ids"]), len(e["labels"])
+        ids[i, :L] = torch.tensor(e["input_ids"], dtype=torch.long)
+        mask[i, :L] = 1
+        labels[i, :T] = torch.tensor(e["labels"], dtype=torch.long)
+        tokens += L + T
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "num_tokens": tokens}

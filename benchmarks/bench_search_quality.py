@@ -212,9 +212,11 @@ def _run_task(kind: str, args: tuple) -> dict:
     s, space, F = args
     with tempfile.TemporaryDirectory() as td:
         out = Path(td)
-        kw = dict(model_source=model, bundle=bundle, task="classification", technique="full",
-                  batch_size=bs, seq_len=seq_len, device="cpu")
-        res = run_search(kw, space, s, out)
+        from autoft.autotrain.plan import TrialSpec
+
+        spec = TrialSpec(model=model, task="classification", technique="full", batch_size=bs, grad_accum=1,
+                         seq_len=seq_len, precision="fp32", device="cpu", seed=s.seed)
+        res = run_search(spec, bundle, space, s, out)
         final = continue_winner(out, res, bundle, F)
     return {"test": final["test"], "val_search": res.best_metric, "config": res.best_config,
             "search_steps": total_cost_steps(plan_rungs(s)), "continued_from_step": res.best_steps,

@@ -17,8 +17,8 @@ from autoft.errors import AutoftError
 
 CATALOG = load_catalog()
 ISO = {"en", "de", "fr", "es", "it", "pt", "nl", "zh", "ja", "ko", "ru", "ar", "hi", "th", "vi", "pl", "tr", "uk",
-       "sv", "id", "multi"}
-DOMAINS = {"general", "biomedical", "clinical", "scientific", "finance", "legal", "code"}
+       "sv", "id", "ro", "multi"}
+DOMAINS = {"general", "biomedical", "clinical", "scientific", "finance", "legal", "code", "news"}
 
 
 # ----------------------------------------------------------------------------- the catalog as data
@@ -47,7 +47,7 @@ def test_count_params_within_3_percent(spec):
 
 @pytest.mark.parametrize("spec", CATALOG, ids=[s.id for s in CATALOG])
 def test_entry_is_well_formed(spec):
-    assert spec.family in ("encoder", "decoder")
+    assert spec.family in ("encoder", "decoder", "encoder-decoder")
     assert spec.num_attention_heads % spec.num_kv_heads == 0
     assert spec.head_dim is not None or spec.hidden_size % spec.num_attention_heads == 0
     assert spec.max_positions >= 512
@@ -55,8 +55,14 @@ def test_entry_is_well_formed(spec):
     assert spec.domains and set(spec.domains) <= DOMAINS, spec.domains
     assert spec.licence and isinstance(spec.gated, bool)
     tasks = model_tasks(spec)
-    assert tasks and set(tasks) <= {"classification", "generation"}
+    assert tasks and set(tasks) <= {"classification", "generation", "summarization", "translation"}
     assert ("generation" in tasks) == (spec.family == "decoder")
+    assert bool(set(tasks) & {"summarization", "translation"}) == (spec.family == "encoder-decoder")
+    if spec.family == "encoder-decoder":
+        assert spec.num_decoder_layers and spec.num_decoder_layers >= 1
+        for direction in catalog_extra(spec.id).get("translates", []):
+            src, tgt = direction.split("-")
+            assert {src, tgt} <= set(spec.languages) or "multi" in spec.languages, direction
     assert spec.source == "catalog"
 
 
@@ -266,3 +272,39 @@ def test_local_folder_wins_over_catalog_name(tmp_path, monkeypatch, minilm_path)
     shutil.copy(minilm_path + "/config.json", tmp_path / "bert-base-uncased" / "config.json")
     s = resolve_model("bert-base-uncased")
     assert s.source == "local" and s.hidden_size == 384
+
+
+# ----------------------------------------------------------------------------- encoder-decoders
+def test_catalog_has_encoder_decoders_for_both_seq2seq_tasks():
+    ed = [s for s in CATALOG if s.family == "encoder-decoder"]
+    assert len(ed) >= 10
+    assert {"t5", "mt5", "bart", "marian"} <= {s.model_type for s in ed}
+    assert any("multi" in s.languages for s in ed)
+    assert any("en-de" in catalog_extra(s.id).get("translates", []) for s in ed)
+
+
+@pytest.mark.parametrize("kind", ["t5-gated", "t5-relu", "bart", "marian"])
+def test_encoder_decoder_count_matches_transformers(kind):
+    """count_params of a spec read from a config.json equals the parameters transformers builds."""
+    import json
+
+    transformers = pytest.importorskip("transformers")
+    from autoft.advisor.catalog import spec_from_config
+
+    small = dict(d_model=64, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=96,
+                 decoder_ffn_dim=96, vocab_size=500, max_position_embeddings=100, encoder_layers=2, decoder_layers=3)
+    cfg, cls = {
+        "t5-gated": (transformers.T5Config(d_model=64, d_ff=96, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=3,
+                                           vocab_size=500, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+                     transformers.T5ForConditionalGeneration),
+        "t5-relu": (transformers.T5Config(d_model=64, d_ff=96, num_heads=4, num_layers=2, vocab_size=500),
+                    transformers.T5ForConditionalGeneration),
+        "bart": (transformers.BartConfig(**small), transformers.BartForConditionalGeneration),
+        "marian": (transformers.MarianConfig(**small, pad_token_id=499, decoder_start_token_id=499),
+                   transformers.MarianMTModel),
+    }[kind]
+    model = cls(cfg)
+    spec = spec_from_config(json.loads(cfg.to_json_string(use_diff=False)), kind)
+    assert spec.family == "encoder-decoder" and spec.num_layers == 2
+    assert spec.num_decoder_layers == (2 if kind == "t5-relu" else 3)
+    assert spec.params == count_params(spec) == sum(p.numel() for p in model.parameters())

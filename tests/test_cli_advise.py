@@ -105,3 +105,23 @@ def test_human_output_for_freeze_and_a_forced_misfit(capsys) -> None:
     code, out, _ = run_cli(capsys, "--task", "generation", "--model", "mistralai/Mistral-7B-v0.3",
                            "--technique", "full", "--gpu", "T4", "--force")
     assert code == 0 and "DOES NOT FIT" in out and "warnings" in out and "nearest setting" in out
+
+
+def test_speed_is_shown_and_in_the_json(capsys) -> None:
+    code, out, _ = run_cli(capsys, "--task", "generation", "--data-size", "20000", "--gpu", "RTX-4090")
+    assert code == 0
+    line = next(x for x in out.splitlines() if x.strip().startswith("speed"))
+    assert "examples/s predicted" in line and "per epoch of 20,000 examples" in line and "min" in line
+    assert "TFLOP/s" in out and "SPEED" in out
+    code, out, _ = run_cli(capsys, "--task", "generation", "--data-size", "20000", "--gpu", "RTX-4090", "--json")
+    sp = json.loads(out)["speed"]
+    assert sp["method"] == "model" and sp["examples_per_s"] > 0 and sp["epoch_s"] > 0 and "Ada" in sp["assumption"]
+
+
+def test_measure_needs_data_and_this_machine(capsys, tmp_path) -> None:
+    code, _, err = run_cli(capsys, "--task", "classification", "--gpu", "cpu", "--measure")
+    assert code == 2 and "--data" in err and "\n" not in err.strip()
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"good film {i},pos\nbad film {i},neg\n" for i in range(30)))
+    code, _, err = run_cli(capsys, "--data", str(data), "--gpu", "T4", "--measure")
+    assert code == 2 and "times this machine" in err

@@ -78,7 +78,7 @@ def test_catalog_model_resolves(capsys):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--technique", "lora", "--batch-size", "1", "--seq-len", "128", "--gpu-memory", "lots"], "memory size"),
-    (["--technique", "lora", "--batch-size", "0", "--seq-len", "128"], "batch size"),
+    (["--technique", "lora", "--batch-size", "0", "--seq-len", "128"], "--batch-size"),
     (["--technique", "lora", "--batch-size", "1", "--seq-len", "128", "--gpu", "Voodoo5"], "unknown GPU"),
     (["--technique", "lora", "--batch-size", "1", "--seq-len", "128", "--freeze-layers", "99"], "freeze-layers"),
 ])

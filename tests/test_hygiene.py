@@ -53,3 +53,26 @@ def test_data_layer_and_schedule_import_no_torch():
             if (ROOT / "autotrain" / (m.split(".")[-1])).exists() or (ROOT / "autotrain" / (m.split(".")[-1] + ".py")).exists()]
     for m in mods:
         assert [x for x in _heavy_modules_after(f"import {m}") if x.split(".")[0] in ("torch", "transformers", "textual")] == [], m
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at its top or inside a function."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("folder", ["advisor", "autotrain"])
+def test_the_core_imports_neither_the_cli_nor_the_tui(folder):
+    """The core is what the front ends call, never the other way round (harlequin's thin shell)."""
+    files = sorted((ROOT / folder).rglob("*.py"))
+    assert files
+    bad = {f"{p.relative_to(ROOT)}: {m}" for p in files for m in _imports(p)
+           if m.startswith(("autoft.cli", "autoft.tui"))}
+    assert not bad, sorted(bad)

@@ -38,3 +38,18 @@ def test_search_table_shows_validation_loss_and_the_promotion_rule(tmp_path):
 def test_lora_report_lists_the_rank_and_metric_promotion(tmp_path):
     text = _report(tmp_path, "lora", promote_by="metric")
     assert "lora_r" in text and "moved up a rung and the winner was chosen by validation accuracy" in text
+
+
+def test_multilabel_report_and_card_show_labels_threshold_and_baseline(tmp_path):
+    from autoft.autotrain.card import card_text
+
+    test = {"micro_f1": 0.61, "macro_f1": 0.42, "subset_accuracy": 0.5, "threshold": 0.3, "loss": 0.1,
+            "per_label": {"joy": {"precision": 0.7, "recall": 0.6, "f1": 0.65, "support": 30}}}
+    metrics = {"task": "classification", "metric": "macro_f1", "test": test,
+               "baseline": {"micro_f1": 0.0, "macro_f1": 0.0}, "config": {"learning_rate": 1e-4}}
+    text = write_report(tmp_path, rec={"technique": "full"}, metrics=metrics, records=[],
+                        history={"train": [], "validation": []}, search=None, command="autoft run").read_text()
+    assert "| micro_f1 | 0.61 | 0 |" in text and "### Per label (test)" in text and "| joy |" in text
+    assert "at least 0.3 (tuned on validation)" in text
+    card = card_text({"model": {"id": "m"}, "technique": "full"}, metrics, "emotions", "autoft run")
+    assert "each label's majority value" in card and "| micro_f1 | 0.61 |" in card and "sigmoid" in card

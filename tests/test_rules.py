@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoft.advisor.rules_engine import (EFFECTS, STAGES, RuleError, case_facts, compile_expr,
+from autoft.advisor.rules_engine import (ACCUMULATING, EFFECTS, STAGES, RuleError, case_facts, compile_expr,
                                          load_rules, parse_rules, placeholders, render)
 from autoft.rules import load_toml
 
@@ -75,7 +75,7 @@ def test_defaults_come_last_in_their_stage() -> None:
             if r.when.strip() != "true":
                 continue
             for later in rules[i + 1:]:
-                shared = set(r.then) & set(later.then) - {"score", "reject", "warn", "forbid_technique", "prefer_technique"}
+                shared = set(r.then) & set(later.then) - ACCUMULATING
                 assert not shared, f"{later.id} can never set {shared}: {r.id} (when = true) comes first"
 
 

@@ -201,3 +201,17 @@ def test_promotion_ranking_by_loss_ignores_chance_level_accuracy():
     assert [r["trial"] for r in _rank(tie, True, by="loss")] == [1, 0]
     with pytest.raises(ValueError):
         _rank(tie, True, by="accuracy")
+
+
+def test_model_dropout_joins_the_search_only_where_the_space_has_it():
+    # the advisor's shape on small data with full fine-tuning (rule SEARCH-003)
+    space = {"learning_rate": [1e-5, 1e-4], "weight_decay": [0.0, 0.1], "warmup_ratio": [0.0, 0.1],
+             "layer_decay": [0.8, 0.95], "model_dropout": [0.0, 0.1, 0.2]}
+    assert [d.name for d in search_dims(space, "full")] == ["learning_rate", "model_dropout", "weight_decay"]
+    assert [d.name for d in search_dims(space, "freeze")] == ["learning_rate", "model_dropout", "layer_decay"]
+    cfgs = sample_configs(space, 9, seed=0, technique="full")
+    # stratified over three choices: each value three times
+    assert sorted(c["model_dropout"] for c in cfgs) == [0.0] * 3 + [0.1] * 3 + [0.2] * 3
+    # without it in the space, configurations carry no model_dropout (the model keeps its own)
+    del space["model_dropout"]
+    assert all("model_dropout" not in c for c in sample_configs(space, 3, seed=0, technique="full"))

@@ -13,7 +13,9 @@ torch = pytest.importorskip("torch")
 
 from autoft.autotrain.progress import Progress, Recorder  # noqa: E402
 from autoft.autotrain.schedule import total_cost_steps  # noqa: E402
-from autoft.autotrain.search import SearchSettings, plan_rungs, run_search, smaller_micro_batch  # noqa: E402
+from autoft.autotrain.plan import TrialSpec  # noqa: E402
+from autoft.autotrain.schedule import smaller_micro_batch  # noqa: E402
+from autoft.autotrain.search import SearchSettings, plan_rungs, run_search  # noqa: E402
 from autoft.autotrain.store import TrialStore  # noqa: E402
 from autoft.errors import AutoftError  # noqa: E402
 
@@ -57,11 +59,11 @@ def bundle():
     return b
 
 
-def _kwargs(model, bundle, **kw):
-    base = dict(model_source=model, bundle=bundle, task="classification", technique="full", batch_size=8,
-                grad_accum=1, seq_len=32, precision="fp32", device="cpu")
+def _spec(model, **kw):
+    base = dict(model=model, task="classification", technique="full", batch_size=8, grad_accum=1, seq_len=32,
+                precision="fp32", device="cpu")
     base.update(kw)
-    return base
+    return TrialSpec(**base)
 
 
 SPACE = {"learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}, "weight_decay": [0.0, 0.1]}
@@ -91,7 +93,7 @@ def test_search_follows_the_schedule_and_continues_from_checkpoints(tiny_model, 
     log: list = []
     rec = Recorder()
     s = SearchSettings(n_trials=6, eta=3, min_steps=3, max_steps=40, seed=0, metric="accuracy")
-    res = run_search(_kwargs(tiny_model, bundle), SPACE, s, tmp_path, Progress([rec]),
+    res = run_search(_spec(tiny_model), bundle, SPACE, s, tmp_path, Progress([rec]),
                      trial_factory=_counting_factory(log))
     rungs = plan_rungs(s)
     assert [(r.n_trials, r.budget_steps) for r in rungs] == [(6, 3), (2, 9)]
@@ -119,7 +121,7 @@ def test_search_follows_the_schedule_and_continues_from_checkpoints(tiny_model, 
 
 def test_promotion_by_metric_when_asked(tiny_model, bundle, tmp_path):
     s = SearchSettings(n_trials=6, eta=3, min_steps=3, max_steps=40, seed=0, metric="accuracy", promote_by="metric")
-    run_search(_kwargs(tiny_model, bundle), SPACE, s, tmp_path)
+    run_search(_spec(tiny_model), bundle, SPACE, s, tmp_path)
     records = TrialStore.load(tmp_path / "trials.jsonl")
     rung0 = sorted(records[:6], key=lambda r: (-r["metric"], r["eval"]["loss"], r["trial"]))
     assert sorted(r["trial"] for r in records[6:]) == sorted(r["trial"] for r in rung0[:2])
@@ -132,7 +134,7 @@ def test_unknown_promotion_rule_is_refused():
 
 def test_search_is_deterministic_and_resumes_without_retraining(tiny_model, bundle, tmp_path):
     s = SearchSettings(n_trials=4, eta=2, min_steps=3, max_steps=20, seed=7, metric="accuracy")
-    first = run_search(_kwargs(tiny_model, bundle), SPACE, s, tmp_path / "a", trial_factory=_counting_factory([]))
+    first = run_search(_spec(tiny_model), bundle, SPACE, s, tmp_path / "a", trial_factory=_counting_factory([]))
     full = TrialStore.load(tmp_path / "a" / "trials.jsonl")
 
     # "kill" the second run after 5 trial-rungs (4 of rung 0 + 1 of rung 1) have been persisted
@@ -150,10 +152,10 @@ def test_search_is_deterministic_and_resumes_without_retraining(tiny_model, bund
             return super().train(steps, on_step)
 
     with pytest.raises(Killed):
-        run_search(_kwargs(tiny_model, bundle), SPACE, s, tmp_path / "b", trial_factory=Dies)
+        run_search(_spec(tiny_model), bundle, SPACE, s, tmp_path / "b", trial_factory=Dies)
     assert len(TrialStore.load(tmp_path / "b" / "trials.jsonl")) == 5
     log: list = []
-    second = run_search(_kwargs(tiny_model, bundle), SPACE, s, tmp_path / "b", trial_factory=_counting_factory(log))
+    second = run_search(_spec(tiny_model), bundle, SPACE, s, tmp_path / "b", trial_factory=_counting_factory(log))
     resumed = TrialStore.load(tmp_path / "b" / "trials.jsonl")
     # only the one missing trial-rung trained, continuing from its rung-0 checkpoint
     assert [(start, steps) for _, start, steps in log] == [(3, 3)]
@@ -168,7 +170,7 @@ def test_nan_trials_are_marked_failed_and_not_promoted(tiny_model, bundle, tmp_p
     # two learning rates: a sane one and one so large that the weights overflow to NaN
     space = {"learning_rate": {"choices": [1e-3, 1e35]}}
     s = SearchSettings(n_trials=4, eta=2, min_steps=3, max_steps=20, seed=0, metric="accuracy")
-    res = run_search(_kwargs(tiny_model, bundle), space, s, tmp_path, trial_factory=None)
+    res = run_search(_spec(tiny_model), bundle, space, s, tmp_path, trial_factory=None)
     records = TrialStore.load(tmp_path / "trials.jsonl")
     rung0 = [r for r in records if r["rung"] == 0]
     failed = [r for r in rung0 if r["status"] == "failed-nan"]
@@ -203,7 +205,7 @@ def _oom_factory(max_micro_batch: int, seen: list):
 def test_oom_halves_the_micro_batch_and_keeps_the_effective_batch(tiny_model, bundle, tmp_path):
     seen: list = []
     s = SearchSettings(n_trials=2, eta=2, min_steps=3, max_steps=20, seed=0, metric="accuracy")
-    run_search(_kwargs(tiny_model, bundle, batch_size=8), SPACE, s, tmp_path, trial_factory=_oom_factory(2, seen))
+    run_search(_spec(tiny_model, batch_size=8), bundle, SPACE, s, tmp_path, trial_factory=_oom_factory(2, seen))
     records = TrialStore.load(tmp_path / "trials.jsonl")
     assert len(records) == 2
     for r in records:
@@ -215,15 +217,15 @@ def test_oom_halves_the_micro_batch_and_keeps_the_effective_batch(tiny_model, bu
 def test_oom_at_micro_batch_one_fails_the_trial_without_a_traceback(tiny_model, bundle, tmp_path):
     s = SearchSettings(n_trials=2, eta=2, min_steps=2, max_steps=20, seed=0, metric="accuracy")
     with pytest.raises(AutoftError, match="every search trial failed"):
-        run_search(_kwargs(tiny_model, bundle, batch_size=2), SPACE, s, tmp_path, trial_factory=_oom_factory(0, []))
+        run_search(_spec(tiny_model, batch_size=2), bundle, SPACE, s, tmp_path, trial_factory=_oom_factory(0, []))
     records = TrialStore.load(tmp_path / "trials.jsonl")
     assert [r["status"] for r in records] == ["failed-oom", "failed-oom"]  # both tried, neither aborted
 
 
 def test_time_budget_stops_the_search(tiny_model, bundle, tmp_path):
     s = SearchSettings(n_trials=3, eta=3, min_steps=2, max_steps=20, seed=0, time_budget_s=1e-6, metric="accuracy")
-    with pytest.raises(AutoftError, match="none finished"):
-        run_search(_kwargs(tiny_model, bundle), SPACE, s, tmp_path)
+    with pytest.raises(AutoftError, match="before any search trial finished"):
+        run_search(_spec(tiny_model), bundle, SPACE, s, tmp_path)
     assert TrialStore.load(tmp_path / "trials.jsonl") == []
 
 
@@ -231,7 +233,7 @@ def test_resume_refuses_a_store_from_another_search(tmp_path):
     (tmp_path / "trials.jsonl").write_text(json.dumps({"trial": 0, "rung": 0, "config": {"learning_rate": 1}}) + "\n")
     s = SearchSettings(n_trials=2, eta=2, min_steps=2, max_steps=8, seed=0)
     with pytest.raises(AutoftError, match="different search"):
-        run_search({"bundle": None}, SPACE, s, tmp_path, trial_factory=object)
+        run_search(_spec("unused"), None, SPACE, s, tmp_path, trial_factory=object)
 
 
 def test_store_skips_a_line_cut_short_by_a_crash(tmp_path):

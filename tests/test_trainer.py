@@ -120,14 +120,35 @@ def test_collate_pads_dynamically():
     assert batch["num_tokens"] == 4
 
 
-def test_pack_makes_full_blocks_and_keeps_masks():
+def test_pack_keeps_whole_examples_with_restarting_positions():
     exs = [{"input_ids": list(range(i, i + 5)), "labels": [-100, -100] + list(range(i + 2, i + 5))} for i in range(0, 40, 5)]
     blocks = tasks.pack(exs, 16, seed=0)
-    assert len(blocks) == 2 and all(len(b["input_ids"]) == 16 for b in blocks)  # 40 tokens -> 2 x 16
+    # 8 whole examples of 5 tokens: 3 per 16-token block, none split
+    assert sorted(len(b["input_ids"]) for b in blocks) == [10, 15, 15]
     for b in blocks:  # each token keeps its own label: itself, or -100 on the prompt tokens
         assert all(lab in (-100, tok) for lab, tok in zip(b["labels"], b["input_ids"]))
-        assert -100 in b["labels"] and any(lab != -100 for lab in b["labels"])
+        assert b["position_ids"] == [0, 1, 2, 3, 4] * (len(b["input_ids"]) // 5)
+        assert tasks.segment_ids(b["position_ids"]) == [k // 5 for k in range(len(b["input_ids"]))]
+    assert sorted(t for b in blocks for t in b["input_ids"]) == list(range(40))
     assert tasks.pack(exs, 16, seed=0) == blocks and tasks.pack(exs, 16, seed=1) != blocks
+
+
+def test_pack_best_fit_and_first_token_unsupervised():
+    lens = [9, 7, 5, 4, 3, 2]
+    exs = [{"input_ids": [n] * n, "labels": [n] * n} for n in lens]
+    blocks = tasks.pack(exs, 10, seed=0)
+    # best-fit decreasing, longest first into the fullest block with room: 9 | 7+3 | 5+4 | 2
+    assert sorted(sorted(set(b["input_ids"])) for b in blocks) == [[2], [3, 7], [4, 5], [9]]
+    for b in blocks:
+        seg = tasks.segment_ids(b["position_ids"])
+        starts = [k for k in range(len(seg)) if k == 0 or seg[k] != seg[k - 1]]
+        assert all(b["labels"][k] == -100 for k in starts)      # nothing before it may predict it
+        assert all(b["labels"][k] != -100 for k in range(len(seg)) if k not in starts)
+    batch = tasks.collate(blocks, pad_id=0, task="generation")
+    width = batch["input_ids"].shape[1]
+    for i, b in enumerate(blocks):   # padding continues as a segment of its own, from position 0
+        L = len(b["input_ids"])
+        assert batch["position_ids"][i, L:].tolist() == list(range(width - L))
 
 
 # -- argument checks (before any model is loaded) ---------------------------------------------
@@ -341,7 +362,7 @@ def test_out_of_memory_rolls_back_the_step_and_micro_batch_can_halve(monkeypatch
         return real_forward(*a, **k)
     monkeypatch.setattr(t.model, "forward", flaky)
     with pytest.raises(torch.OutOfMemoryError):
-        t.train(2)
+        t._train(2, None)  # the loop without the back-off
     assert t.steps_done == 1 and t.stream.position == pos and t.samples_seen == 8
     assert all(p.grad is None for p in t.params)
     with pytest.raises(ValueError, match="effective batch"):
@@ -351,6 +372,28 @@ def test_out_of_memory_rolls_back_the_step_and_micro_batch_can_halve(monkeypatch
     r = t.train(2)
     assert r["samples"] == 16 and t.steps_done == 3 and t.stream.position == pos + 16
     assert t.samples_seen == 24 and t.history[-1]["samples"] == 24
+
+
+def test_train_backs_off_by_itself_and_redoes_the_step(monkeypatch):
+    """The one back-off: an OOM halves the micro-batch (same effective batch), the interrupted step
+    is redone, the caller is told; at micro-batch 1 the OOM propagates."""
+    t = Trial(MINILM, easy_classification(16, 8), task="classification", technique="lora",
+              hparams={"learning_rate": 1e-3}, batch_size=4, grad_accum=1, seq_len=32)
+    real_forward, told = t.model.forward, []
+
+    def too_big_above_1(*a, **k):
+        if t.model.training and k["input_ids"].shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(*a, **k)
+    monkeypatch.setattr(t.model, "forward", too_big_above_1)
+    t.on_backoff = lambda bs, acc: told.append((bs, acc))
+    r = t.train(2)
+    assert told == [(2, 2), (1, 4)] and (t.batch_size, t.grad_accum) == (1, 4) and t.backoffs == 2
+    assert t.steps_done == 2 and r["samples"] == 8 and t.samples_seen == 8
+    monkeypatch.setattr(t.model, "forward", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    with pytest.raises(torch.OutOfMemoryError):
+        t.train(1)
+    assert t.steps_done == 2
 
 
 # -- generation on a tiny Llama, every technique ----------------------------------------------
@@ -398,10 +441,12 @@ def test_generation_adapter_and_full_save_reload(llama_dir, tmp_path):
 
 def test_generation_prompt_template_and_packing(llama_plain_dir):
     t = Trial(llama_plain_dir, easy_generation(16, 4), task="generation", technique="lora",
-              hparams={"learning_rate": 1e-2}, batch_size=2, seq_len=32, packing=True)
-    assert all(len(e["input_ids"]) == 32 for e in t._encoded["train"])
+              hparams={"learning_rate": 1e-2}, batch_size=2, seq_len=64, packing=True)
+    blocks = t._encoded["train"]
+    assert all(len(e["input_ids"]) <= 64 for e in blocks) and len(blocks) < 16
+    assert t.packing_mode == "position_ids" and "per-example position ids" in t.notes[0]
     r = t.train(3)
-    assert r["tokens"] == 3 * 2 * 32 and math.isfinite(r["train_loss"])
+    assert r["tokens"] > 3 * 2 * 32 and math.isfinite(r["train_loss"])
     assert t.evaluate("validation")["tokens"] > 0
 
 

@@ -225,6 +225,7 @@ def test_tui_and_autoft_run_make_the_same_plan(shared_data, tmp_path, monkeypatc
     own question building; the Question and the recommendation come out equal."""
     _real_core_or_skip()
     pipeline = pytest.importorskip("autoft.autotrain.pipeline")
+    from autoft.cli.run import run_from_argv
     data = shared_data / "tweet_sentiment_de"
     if not data.is_dir():
         pytest.skip("tweet_sentiment_de not in the shared data")
@@ -259,7 +260,7 @@ def test_tui_and_autoft_run_make_the_same_plan(shared_data, tmp_path, monkeypatc
 
     monkeypatch.setattr(pipeline, "_advise", spy)
     with pytest.raises(Stop):
-        pipeline.run_from_argv(shlex.split(command)[2:])
+        run_from_argv(shlex.split(command)[2:])
     from autoft.advisor.question import Question
 
     assert Question(**seen["question"]) == question
@@ -391,6 +392,32 @@ def test_override_that_does_not_fit_is_flagged_with_fakes(tmp_path):
             assert app.answers.recommendation["batch_size"] == 16
 
     asyncio.run(flow())
+
+
+def test_search_backend_fields_write_the_ray_flags(tmp_path):
+    """Search on, Trials at once and Ray address become `--search-backend ray --trials-in-parallel N
+    --ray-address ADDR`; Ray fields with the local backend get autoft run's own one-line error."""
+    async def flow():
+        app = create_app(fake_services())
+        async with app.run_test(size=SIZE) as pilot:
+            await to_recommendation(pilot, str(tmp_path))
+            app.screen.query_one("#trials_in_parallel", Input).value = "2"
+            await until(pilot, lambda: app.screen.error is not None)
+            assert "--trials-in-parallel need(s) a search backend that runs trials in parallel" in text(app, "#fit")
+            app.screen.query_one("#search_backend", Select).value = "ray"
+            app.screen.query_one("#ray_address", Input).value = "10.0.0.5:6379"
+            await until(pilot, lambda: app.answers.recommendation is not None and app.screen.error is None)
+            argv = app.answers.run_argv()
+            assert argv[argv.index("--search-backend"):][:6] == ["--search-backend", "ray", "--ray-address",
+                                                                 "10.0.0.5:6379", "--trials-in-parallel", "2"]
+
+    asyncio.run(flow())
+
+
+def test_search_view_shows_the_ray_heartbeat():
+    v = SearchView()
+    v.feed({"kind": "heartbeat", "phase": "search", "running": [1, 3], "done_steps": 12})
+    assert v.step_line == "search on Ray: trials 1, 3 running, 12 steps done"
 
 
 def test_start_cancel_resume_then_results(tmp_path):
@@ -640,3 +667,15 @@ def test_the_app_module_loads_no_heavy_library():
             "{m for m in sys.modules if m in ('autoft.autotrain.data', 'autoft.advisor.recommend')}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_recommendation_speed_line_says_predicted_or_measured():
+    from autoft.tui.screens.recommend import speed_text
+
+    sp = {"examples_per_s": 21.3, "step_s": 2.5, "epoch_s": 180.0, "tokens_assumed": "the data's mean length, 42 tokens",
+          "assumption": "40% of the A100's 312 TFLOP/s", "method": "model"}
+    text, why = speed_text(sp, 1200)
+    assert text == "⏱ predicted 21.3 examples/s, 3.0 min/epoch"
+    assert "1,200 examples" in why and "42 tokens" in why and "312 TFLOP/s" in why
+    assert speed_text({**sp, "method": "probe", "epoch_s": None})[0] == "⏱ measured 21.3 examples/s"
+    assert speed_text(None)[0].startswith("speed not predicted")

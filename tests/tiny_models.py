@@ -108,3 +108,60 @@ def small_tokenizer(chat_template: bool = True):
         fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>"
                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
     return fast
+
+
+def seq2seq_tokenizer():
+    """small_tokenizer (no chat template) that ends every encoding with </s>, as T5's, BART's and
+    Marian's tokenizers do."""
+    from tokenizers import processors
+
+    tok = small_tokenizer(chat_template=False)
+    eos = tok.convert_tokens_to_ids("</s>")
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)])
+    return tok
+
+
+def build_tiny_t5(out_dir: Path, tokenizer, d_model: int = 32, layers: int = 2, gated: bool = True) -> str:
+    """A random T5 (Flan-T5-style gated-gelu MLP, or T5 v1.0 relu) saved with `tokenizer`."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=layers,
+                   num_decoder_layers=layers, num_heads=4, relative_attention_num_buckets=8,
+                   feed_forward_proj="gated-gelu" if gated else "relu", tie_word_embeddings=not gated,
+                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                   decoder_start_token_id=tokenizer.pad_token_id, dropout_rate=0.0)
+    T5ForConditionalGeneration(cfg).save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def build_tiny_bart(out_dir: Path, tokenizer, d_model: int = 32, layers: int = 2) -> str:
+    """A random BART (learned positions, post-LayerNorm, GELU MLP with biases) saved with `tokenizer`."""
+    import torch
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = BartConfig(vocab_size=len(tokenizer), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=2 * d_model,
+                     decoder_ffn_dim=2 * d_model, max_position_embeddings=128, dropout=0.0,
+                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                     bos_token_id=tokenizer.bos_token_id, decoder_start_token_id=tokenizer.eos_token_id,
+                     forced_eos_token_id=None, init_std=0.1)
+    BartForConditionalGeneration(cfg).save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def easy_seq2seq(task: str = "translation", n_train: int = 24, n_eval: int = 8) -> Bundle:
+    """Source -> target pairs with a learnable pattern: "say the colour X twice" -> "X X"."""
+    colours = ["red", "green", "blue", "yellow", "black", "white", "pink", "brown"]
+
+    def rows(n, off):
+        return [{"source": f"say the colour {colours[(i + off) % 8]} twice",
+                 "target": f"{colours[(i + off) % 8]} {colours[(i + off) % 8]}"} for i in range(n)]
+    b = Bundle(task, {"train": rows(n_train, 0), "validation": rows(n_eval, 3), "test": rows(n_eval, 5)})
+    b.source_lang, b.target_lang = ("en", "de") if task == "translation" else (None, None)
+    return b

@@ -15,7 +15,8 @@ from pathlib import Path
 from autoft.advisor.spec import GPU, Hardware
 from autoft.advisor.units import GIB
 from autoft.errors import AutoftError, DataError
-from autoft.tui.services import RunCancelled, Services
+from autoft.autotrain.progress import RunInterrupted
+from autoft.tui.services import Services
 
 
 @dataclass
@@ -112,6 +113,10 @@ def fake_advise(question, hardware):
         "alternatives": [{"model": {"id": "xlm-roberta-base"}, "technique": "lora", "batch_size": 16,
                           "estimate": {"peak_gib": 3.1}, "fits": True}],
         "search_space": {"learning_rate": [1e-5, 1e-4]},
+        "speed": {"examples_per_s": round(64 / (1 + batch / 8), 2), "step_s": 2.5, "epoch_s": 180.0,
+                  "tokens_assumed": "the data's mean length, 42 tokens", "method": "model", "device": "CPU (8 cores)",
+                  "assumption": "20 GFLOP/s on the CPU (8 cores) (assumed 2.5 GFLOP/s per core in fp32)"},
+        "question": {"data_size": question.data_size},
     }
 
 
@@ -138,7 +143,7 @@ class FakeRun:
         def emit(kind, **kw):
             on_event({"kind": kind, **kw})
             if cancel.is_set():
-                raise RunCancelled()
+                raise RunInterrupted()
 
         for rung, trials, steps in ((0, (0, 1, 2), 10), (1, (1,), 30)):
             emit("rung_start", rung=rung, n_rungs=2, n_trials=len(trials), budget_steps=steps)
@@ -155,7 +160,7 @@ class FakeRun:
                         self.holding.set()
                         while not cancel.is_set() and not _worker_cancelled():
                             time.sleep(0.01)
-                        raise RunCancelled()
+                        raise RunInterrupted()
                 rec = {"trial": t, "rung": rung, "metric": 0.6 + 0.1 * t + 0.05 * rung, "status": "ok",
                        "metric_name": "accuracy", "steps": steps, "config": {"learning_rate": [3e-5, 1e-4, 3e-4][t]}}
                 with open(store, "a") as f:

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from autoft.advisor.question import Question, fill_unset
+from autoft.autotrain.options import ALLOW_EMPTY_HELP, DATA_COLUMNS, DATA_METAVARS
 
 
 def _int(text: str) -> int:
@@ -13,6 +14,13 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def add_question_flags(parser: argparse.ArgumentParser, groups=("situation", "hardware", "override"),
@@ -35,6 +43,8 @@ def add_question_flags(parser: argparse.ArgumentParser, groups=("situation", "ha
                 kw["default"] = None
                 if "int" in f.type:
                     kw["type"] = _int
+                elif "float" in f.type:
+                    kw["type"] = _float
                 if md.get("choices"):
                     kw["choices"] = md["choices"]
                 if md.get("metavar"):
@@ -49,20 +59,24 @@ def question_from_args(args: argparse.Namespace, facts: dict | None = None) -> Q
     return Question(**fill_unset(kw, facts or {}))
 
 
-# Column flags of the data layer (autoft.autotrain.data.load_data), shared by advise and run.
-DATA_COLUMNS = {
-    "text_column": "column with the input text (classification; default: guessed)",
-    "label_column": "column with the label (classification; default: guessed)",
-    "prompt_column": "column with the prompt/instruction (generation; default: guessed)",
-    "response_column": "column with the response/output (generation; default: guessed)",
-}
-
-
 def add_data_flags(group) -> None:
     for name, help_ in DATA_COLUMNS.items():
-        group.add_argument("--" + name.replace("_", "-"), dest=name, metavar="NAME", help=help_)
+        group.add_argument("--" + name.replace("_", "-"), dest=name, metavar=DATA_METAVARS.get(name, "NAME"), help=help_)
+    group.add_argument("--allow-empty-labels", dest="allow_empty_labels", action=argparse.BooleanOptionalAction,
+                       default=None, help=ALLOW_EMPTY_HELP)
 
 
 def data_column_kwargs(obj) -> dict:
-    """load_data keyword arguments for the column flags that were given (args or RunOptions)."""
-    return {n: getattr(obj, n) for n in DATA_COLUMNS if getattr(obj, n, None)}
+    """load_data keyword arguments for the column flags that were given (`autoft advise`; `autoft
+    run` has RunOptions.data_columns)."""
+    out = {n: getattr(obj, n) for n in DATA_COLUMNS if getattr(obj, n, None)}
+    if getattr(obj, "allow_empty_labels", None) is not None:
+        out["allow_empty_labels"] = obj.allow_empty_labels
+    return out
+
+
+def data_language_kwargs(question) -> dict:
+    """load_data's source_lang/target_lang from --source-lang/--target-lang (args, a Question or
+    a RunOptions.question dict), for a translation set whose languages the layout does not name."""
+    get = question.get if isinstance(question, dict) else (lambda k: getattr(question, k, None))
+    return {k: get(k) for k in ("source_lang", "target_lang") if get(k)}

@@ -7,10 +7,13 @@ EXAMPLES = """\
   autoft advise --task generation --data-size 5000 --gpu A100-40GB
   autoft advise --task classification --language de --data-size 2000 --gpu cpu
   autoft advise --task classification --domain biomedical --data-size 8000 --gpu L4
+  autoft advise --task translation --source-lang en --target-lang de --data-size 3000 --gpu T4
+  autoft advise --data ./dialogsum/ --gpu T4            # document/summary columns: summarization
   autoft advise --model mistralai/Mistral-7B-v0.3 --technique lora --gpu T4
                                                       # refused: does not fit; suggests QLoRA
   autoft advise --model Qwen/Qwen2.5-7B-Instruct --batch-size 16 --gpu-memory 24GiB --force
   autoft advise --data ./mydata --json > recommendation.json   # the JSON `autoft run` reads
+  autoft advise --data train.csv --gpu cpu --measure  # time a few real steps here: time per epoch
 """
 
 _BAR = 28
@@ -26,17 +29,41 @@ def add_arguments(parser) -> None:
     add_question_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the recommendation as JSON "
                         "(documented in docs/advise-json.md)")
+    parser.add_argument("--measure", action="store_true", help="time a few optimizer steps of the "
+                        "recommended setting on this machine with the model and --data (the model must "
+                        "be on disk or in the Hugging Face cache): the time per epoch is then measured, "
+                        "not predicted; takes seconds to a minute")
+
+
+def _load(args):
+    from autoft.autotrain.data import load_data
+
+    from autoft.cli._flags import data_column_kwargs, data_language_kwargs
+
+    return load_data(args.data, task=args.task, **data_column_kwargs(args), **data_language_kwargs(args))
 
 
 def _profile_fields(args) -> tuple[dict, list[str]]:
     """Question fields and warnings from --data (the data layer imports no torch)."""
-    from autoft.autotrain.data import build_profile, load_data
+    from autoft.autotrain.data import build_profile
 
-    from autoft.cli._flags import data_column_kwargs
-
-    bundle = load_data(args.data, task=args.task, **data_column_kwargs(args))
-    profile = build_profile(bundle)
+    profile = build_profile(_load(args))
     return profile.to_question_fields(), list(profile.warnings)
+
+
+def _measure(args, rec) -> dict:
+    """--measure: the recommended setting's speed, timed on this machine (torch from here on)."""
+    from autoft.errors import AutoftError
+
+    if not getattr(args, "data", None):
+        raise AutoftError("--measure times real steps on your data", "pass --data PATH")
+    gpu = rec.gpu
+    if gpu["kind"] == "gpu" and gpu["source"] != "probe":
+        raise AutoftError(f"--measure times this machine, but the plan is for {gpu['name']}",
+                          "leave out --gpu/--gpu-memory (or pass --gpu cpu) to measure here")
+    from autoft.autotrain.probe import measure_recommendation
+
+    return measure_recommendation(rec.to_dict(), _load(args), device="cpu" if gpu["kind"] == "cpu" else "cuda")
 
 
 def build_question(args):
@@ -67,6 +94,8 @@ def run(args) -> int:
     question, data_warnings = build_question(args)
     rec = advise(question)
     rec.warnings = list(dict.fromkeys(data_warnings + rec.warnings))
+    if getattr(args, "measure", False):
+        rec.speed = _measure(args, rec)
     text = json.dumps(rec.to_dict(), indent=2) if args.json else render(rec)
     try:
         print(text)
@@ -101,8 +130,26 @@ def _most(n: int) -> str:
 
 def _setting_line(d: dict) -> str:
     ck = ", checkpointing" if d["gradient_checkpointing"] else ""
+    st = f", {d['strategy']}" if d.get("strategy") else ""
     return (f"{d['technique']:<6} {d['batch_size']} x {d['gradient_accumulation_steps']} "
-            f"(= {d['effective_batch_size']}), {d['seq_len']} tokens, {d['precision']}{ck}")
+            f"(= {d['effective_batch_size']}), {d['seq_len']} tokens, {d['precision']}{ck}{st}")
+
+
+def _speed_lines(sp: dict | None, data_size: int | None) -> list[str]:
+    """The predicted (or measured) speed: examples/s, seconds per step, time per epoch, and what
+    it assumes."""
+    from autoft.advisor.speed import fmt_duration
+
+    if not sp:
+        return ["  speed          not predicted: no throughput figures for this GPU (rules/gpus.toml)"]
+    how = "measured" if sp.get("method") == "probe" else "predicted"
+    line = f"  speed          about {sp['examples_per_s']:.3g} examples/s {how}, {sp['step_s']:.3g} s per optimizer step"
+    if sp.get("epoch_s") is not None:
+        line += f", {fmt_duration(sp['epoch_s'])} per epoch of {data_size:,} examples" if data_size else ""
+    out = [line, f"                 {sp['tokens_assumed']}; {sp['assumption']}"]
+    if sp.get("method") != "probe" and str(sp.get("device", "")).startswith("CPU"):
+        out.append("                 (rough on a CPU: --measure times real steps here)")
+    return out
 
 
 def render(rec) -> str:
@@ -115,7 +162,10 @@ def render(rec) -> str:
         situation.append(f"{q['data_size']:,} examples")
     if d.get("num_labels"):
         situation.append(f"{d['num_labels']} labels")
-    situation.append(f"language {q.get('language', 'en')}")
+    if q.get("source_lang") and d["task"] == "translation":
+        situation.append(f"{q['source_lang']} -> {q.get('target_lang')}")
+    else:
+        situation.append(f"language {q.get('language', 'en')}")
     if q.get("domain", "general") != "general":
         situation.append(f"domain {q['domain']}")
     where = (f"{gpu['name']} ({gpu['memory_gib']:.1f} GiB{', bf16' if gpu['bf16'] else ''}"
@@ -133,24 +183,38 @@ def render(rec) -> str:
     if d["technique"] == "freeze" and d.get("freeze_layers") is not None:
         tech += f" (bottom {d['freeze_layers']} of {m['num_layers']} layers frozen)"
     out.append(f"  technique      {tech}")
-    out.append(f"  batch          {d['batch_size']} per step x {d['gradient_accumulation_steps']} accumulation"
+    world = d.get("world_size") or 1
+    procs = f" x {world} {'GPUs' if gpu['kind'] == 'gpu' else 'processes'}" if world > 1 else ""
+    out.append(f"  batch          {d['batch_size']} per step x {d['gradient_accumulation_steps']} accumulation{procs}"
                f" = {d['effective_batch_size']} examples per optimizer step"
-               + (f" x {gpu['count']} GPUs" if gpu.get("count", 1) > 1 else "")
                + f"  (largest micro-batch that fits: {_most(d['max_batch_size'])})")
-    out.append(f"  sequence       {d['seq_len']} tokens")
+    if d.get("strategy"):
+        how = {"ddp": "DDP, a full replica per GPU", "fsdp": "FSDP, full shard"}[d["strategy"]]
+        out.append(f"  processes      {world} ({how}); memory below is per GPU")
+    if d.get("target_len") and d["model"].get("family") == "encoder-decoder":
+        out.append(f"  sequence       {d['seq_len']} source tokens (encoder), {d['target_len']} target tokens (decoder)")
+    elif d.get("target_len"):
+        out.append(f"  sequence       {d['seq_len']} tokens: instruction, source and target "
+                   f"(targets up to {d['target_len']} tokens)")
+    else:
+        out.append(f"  sequence       {d['seq_len']} tokens")
     out.append(f"  precision      {d['precision']}    gradient checkpointing "
                f"{'on' if d['gradient_checkpointing'] else 'off'}    optimizer {d['optimizer']}")
+    out += _speed_lines(d.get("speed"), q.get("data_size"))
     if d.get("lora"):
         lo = d["lora"]
         tm = lo["target_modules"] if isinstance(lo["target_modules"], str) else ",".join(lo["target_modules"])
         out.append(f"  LoRA           r {lo['r']}, alpha {lo['alpha']}, dropout {lo['dropout']}, targets {tm}")
+    if d.get("metric"):
+        weights = "class-weighted loss (balanced)" if d.get("class_weights") == "balanced" else "unweighted loss"
+        out.append(f"  objective      {weights}; the search ranks by validation {d['metric']}")
     ss = d.get("search_space") or {}
     if ss:
         parts = []
         for k, v in ss.items():
             if k == "learning_rate":
                 parts.append(f"lr {v[0]:.0e}..{v[1]:.0e}")
-            elif len(v) == 2 and k not in ("lora_rank", "lora_dropout"):
+            elif len(v) == 2 and k not in ("lora_rank", "lora_dropout", "model_dropout"):
                 parts.append(f"{k.replace('_', ' ')} {v[0]:g}..{v[1]:g}")
             else:
                 parts.append(f"{k.replace('_', ' ')} {{{', '.join(f'{x:g}' for x in v)}}}")
@@ -161,11 +225,12 @@ def render(rec) -> str:
     out.append(f"  memory         {est['peak_gib']:.2f} GiB predicted peak, budget {budget:.1f} GiB "
                f"({int(d['safety'] * 100)}% of {d['memory_gib']:.1f} GiB): {verdict}")
     scale = max(d["memory_gib"], est["peak_gib"])
+    w = max(18, *(len(t) for t in est["breakdown_gib"]))
     for term, gib in est["breakdown_gib"].items():
         if gib <= 0:
             continue
-        out.append(f"    {term.replace('_', ' '):<18} {gib:7.2f} GiB  {_bar(gib, scale)}")
-    out.append(f"    {'total':<18} {est['peak_gib']:7.2f} GiB  {_bar(est['peak_gib'], scale):<{_BAR}}|"
+        out.append(f"    {term.replace('_', ' '):<{w}} {gib:7.2f} GiB  {_bar(gib, scale)}")
+    out.append(f"    {'total':<{w}} {est['peak_gib']:7.2f} GiB  {_bar(est['peak_gib'], scale):<{_BAR}}|"
                f" {d['memory_gib']:.1f} GiB")
     out.append("")
     out.append("  why")

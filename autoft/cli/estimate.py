@@ -20,6 +20,10 @@ EXAMPLES = """\
   autoft estimate --model mistralai/Mistral-7B-Instruct-v0.3 --technique lora --lora-rank 64 \\
       --gradient-checkpointing --optimizer paged-adamw-8bit --batch-size 8 --seq-len 1024
   autoft estimate --model ./my-model/config.json --technique freeze --freeze-layers 20 --batch-size 2 --seq-len 1024
+  autoft estimate --model google/flan-t5-base --technique full --task summarization --batch-size 8 \\
+      --seq-len 512 --target-len 128 --gpu T4
+  autoft estimate --model meta-llama/Llama-3.1-8B --technique full --gradient-checkpointing --batch-size 1 \\
+      --seq-len 2048 --gpus 8 --strategy fsdp --gpu-memory 24GiB      # per-GPU memory, sharded over 8 GPUs
   autoft estimate --model Qwen/Qwen2.5-0.5B-Instruct --technique lora --batch-size 4 --seq-len 1024 --trace
   autoft estimate --model ./mixtral-like/config.json --technique qlora --batch-size 1 --seq-len 2048 --trace --json
 """
@@ -39,12 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--technique", required=True, choices=TECHNIQUES,
                    help="full, freeze (train the top layers), lora or qlora")
     g.add_argument("--task", choices=TASKS, default=None,
-                   help="generation (LM loss over the vocabulary) or classification; default: "
-                        "classification for encoders, generation for decoders")
+                   help="generation (LM loss over the vocabulary), classification, summarization or "
+                        "translation; default: classification for encoders, generation for decoders, "
+                        "summarization for encoder-decoders")
     g.add_argument("--num-labels", type=_int, default=2, metavar="N", help="classes (classification)")
     s = parser.add_argument_group("setup")
     s.add_argument("--batch-size", type=_int, required=True, metavar="N", help="micro-batch size per GPU")
-    s.add_argument("--seq-len", type=_int, required=True, metavar="TOKENS", help="sequence length in tokens")
+    s.add_argument("--seq-len", type=_int, required=True, metavar="TOKENS",
+                   help="sequence length in tokens (an encoder-decoder's source length)")
+    s.add_argument("--target-len", type=_int, default=None, metavar="TOKENS",
+                   help="encoder-decoders: target (decoder) length in tokens (default: --seq-len)")
     s.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in backward (default: on for qlora, as peft's k-bit "
                         "preparation does; off otherwise)")
@@ -54,11 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "or paged-adamw-8bit")
     s.add_argument("--lora-rank", type=_int, default=16, metavar="R", help="LoRA rank (default 16)")
     s.add_argument("--lora-targets", choices=("all-linear", "attention"), default="all-linear",
-                   help="LoRA on every linear layer (default) or on the model type's attention projections "
-                        "(peft's table: q and v for Llama, BERT, ...)")
+                   help="LoRA on every linear layer (default) or on the attention q and v projections")
     s.add_argument("--grad-accum", type=_int, default=None, metavar="N",
-                   help="micro-batches per optimizer step (default: unknown, counted as accumulating: "
-                        "gradients live through the forward; 1: they do not)")
+                   help="--trace: micro-batches per optimizer step (default: unknown, traced as accumulating: "
+                        "gradients live through the forward; 1: they do not). The prediction always counts "
+                        "gradients and activations together")
     s.add_argument("--freeze-layers", type=_int, default=None, metavar="K",
                    help="freeze: bottom layers kept frozen (default: all but the top quarter)")
     s.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa",
@@ -66,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--chunked-loss", action="store_true",
                    help="the loss is computed in chunks (fused/chunked cross-entropy)")
     s.add_argument("--cpu", action="store_true", help="estimate a CPU run (fp32, RAM, no CUDA context)")
+    d = parser.add_argument_group("several GPUs (memory per GPU)")
+    d.add_argument("--gpus", type=_int, default=1, metavar="N",
+                   help="data-parallel processes (GPUs) in all; the batch size is per GPU (default 1)")
+    d.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp",
+                   help="with --gpus N: ddp (a full replica per GPU, default) or fsdp (full shard: weights, "
+                        "gradients and optimizer states divided by N)")
     h = parser.add_argument_group("hardware (optional: say whether it fits)")
     x = h.add_mutually_exclusive_group()
     x.add_argument("--gpu", metavar="NAME", help="a GPU from the table (T4, A100-40GB, H100-80GB, RTX-4090, ...)")
@@ -96,7 +110,7 @@ def _gpu_memory(args) -> tuple[int | None, str | None]:
 
 def run(args) -> int:
     from autoft.advisor.catalog import resolve_model
-    from autoft.advisor.memory import TERMS, estimate, max_batch_size
+    from autoft.advisor.sharding import fsdp_refusal, max_batch_size, per_gpu_estimate
     from autoft.advisor.spec import TrainSetup
     from autoft.advisor.units import GIB
     from autoft.errors import AutoftError
@@ -104,8 +118,8 @@ def run(args) -> int:
     memory, gpu_name = _gpu_memory(args)
     args.precision = args.precision or "bf16"
     spec = resolve_model(args.model)
-    task = args.task or ("classification" if spec.family == "encoder" else "generation")
-    if task == "generation" and spec.family == "encoder":
+    task = args.task or {"encoder": "classification", "encoder-decoder": "summarization"}.get(spec.family, "generation")
+    if task != "classification" and spec.family == "encoder":
         raise AutoftError(f"{spec.id} is an encoder and cannot be trained for generation",
                           "pass --task classification, or pick a decoder model")
     ckpt = args.gradient_checkpointing
@@ -121,8 +135,16 @@ def run(args) -> int:
                        optimizer=args.optimizer, lora_rank=args.lora_rank, lora_targets=args.lora_targets,
                        freeze_layers=args.freeze_layers, num_labels=args.num_labels, attention=args.attention,
                        chunked_loss=args.chunked_loss, device="cpu" if args.cpu else "cuda",
-                       grad_accum=args.grad_accum)
-    est = estimate(spec, setup)
+                       target_len=args.target_len, grad_accum=args.grad_accum)
+    if args.gpus < 1:
+        raise AutoftError(f"--gpus must be 1 or more, got {args.gpus}", "pass the number of GPUs")
+    world, strategy = args.gpus, args.strategy
+    if world > 1 and strategy == "fsdp" and fsdp_refusal(setup):
+        raise AutoftError(fsdp_refusal(setup), "pass --strategy ddp or another --technique")
+    if args.trace and world > 1:
+        raise AutoftError("--trace traces one process's training step, not a sharded one",
+                          "drop --gpus (or pass --gpus 1) with --trace")
+    est = per_gpu_estimate(spec, setup, world, strategy)
     traced = _trace(args, setup, est) if args.trace else None
     notes = list(est.notes)
     if args.seq_len > spec.max_positions:
@@ -131,24 +153,25 @@ def run(args) -> int:
     best_bs = None
     if memory is not None:
         fits = est.peak_bytes <= memory
-        best_bs = max_batch_size(spec, setup, memory, safety=0.9)
+        best_bs = max_batch_size(spec, setup, world, strategy, memory, safety=0.9)
     d = est.to_dict()
     if args.json:
         out = {"model": spec.id, "params": spec.params, "setup": setup.to_dict(), "peak_gib": d["peak_gib"],
                "breakdown_gib": d["breakdown_gib"], "notes": notes, "fits": fits,
                "gpu": gpu_name, "gpu_memory_gib": round(memory / GIB, 3) if memory else None,
                "headroom_gib": round((memory - est.peak_bytes) / GIB, 3) if memory else None,
-               "max_batch_size": best_bs}
+               "max_batch_size": best_bs, "gpus": world, "strategy": strategy if world > 1 else None}
         if traced is not None:
             out["trace"] = traced
         print(json.dumps(out, indent=2))
         return 0
     ck = "on" if ckpt else "off"
+    per = f", per GPU of {world} ({strategy})" if world > 1 else ""
     print(f"{spec.id} ({spec.params / 1e9:.2f}B params), {args.technique}, {task}, batch {args.batch_size} x "
-          f"{args.seq_len} tokens, {setup.precision}, checkpointing {ck}, {args.optimizer}")
-    width = max(len(t) for t in TERMS)
-    for term in TERMS:
-        print(f"  {term.replace('_', ' '):<{width}}  {est.breakdown_bytes[term] / GIB:8.2f} GiB")
+          f"{args.seq_len} tokens, {setup.precision}, checkpointing {ck}, {args.optimizer}{per}")
+    width = max(len(t) for t in est.breakdown_bytes)
+    for term, b in est.breakdown_bytes.items():
+        print(f"  {term.replace('_', ' '):<{width}}  {b / GIB:8.2f} GiB")
     print(f"  {'peak':<{width}}  {est.peak_gib:8.2f} GiB")
     if memory is not None:
         where = gpu_name or "the GPU"

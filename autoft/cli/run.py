@@ -1,10 +1,19 @@
-"""`autoft run`: recommendation, successive-halving search, final fine-tune, outputs."""
+"""`autoft run`: recommendation, successive-halving search, final fine-tune, outputs.
+
+Its own flags are generated from `RunOptions` (autoft/autotrain/options.py: help text, metavar
+and kind as field metadata), the advisor's from `Question` (`_flags.add_question_flags`). Every
+default is None here: a flag not given leaves the option to RunOptions (or to the run, where the
+default depends on the context), so an explicit value is never mistaken for a default.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
-from autoft.cli._flags import _int, add_data_flags, add_question_flags
+from autoft.advisor.question import Question
+from autoft.autotrain.options import RunOptions, flag_of
+from autoft.cli._flags import _int, add_question_flags
 
 HELP = "fine-tune end to end: advise, search hyperparameters, train, evaluate, save"
 EXAMPLES = """\
@@ -14,7 +23,17 @@ EXAMPLES = """\
   autoft run --data alpaca.jsonl --task generation --gpu auto --max-steps 2000 --merge
   autoft run --data train.csv --no-search --epochs 2 --seed 1 --json > summary.json
   autoft run --resume out/                       # continue a killed run; finished trials are not re-run
+  autoft run --data mrpc/ --class-weights balanced --metric macro_f1 --report-to tensorboard mlflow
+  autoft run --data go_emotions/ --output emo/   # multi-label (a label column holding lists)
+  autoft run --data train.csv --search-backend ray --trials-in-parallel 2 --cpus-per-trial 1   # Ray on this machine
+  autoft run --data train.csv --search-backend ray --ray-address 10.0.0.5:6379 --gpus-per-trial 0.5
+  autoft run --data train.csv --gpus 4           # final run on 4 GPUs: DDP, or FSDP when only the sharded plan fits
+  autoft run --data train.csv --gpu cpu --processes 2   # 2 CPU processes (gloo)
+  autoft run --data d.jsonl --gpus 8 --nnodes 2 --node-rank 0 --rdzv-endpoint node0:29500 --output /shared/out
 """
+GROUPS = {"data": "data", "search": "search and training",
+          "parallel": "trials in parallel (--search-backend ray; --gpus-per-trial above)", "output": "output",
+          "distributed": "several machines (with --gpus N --nnodes M)"}
 
 
 def _duration(text: str) -> str:
@@ -38,44 +57,74 @@ def _float_pos(text: str) -> float:
     return v
 
 
+def _tracker(text: str) -> str:
+    from autoft.autotrain.tracking import TRACKERS
+
+    for name in text.replace(",", " ").split():
+        if name.lower() not in (*TRACKERS, "none"):
+            raise argparse.ArgumentTypeError(f"unknown tracker {name!r}; use {', '.join([*TRACKERS, 'none'])}")
+    return text.lower()
+
+
+TYPES = {"int": _int, "float+": _float_pos, "duration": _duration, "str": str, "names": _tracker}
+
+
+def add_run_flags(parser: argparse.ArgumentParser, after_data=None) -> dict[str, argparse._ArgumentGroup]:
+    """RunOptions' flags, by group (data, search and training, output), in field order;
+    `after_data()` adds flags between the data group and the others (the advisor's)."""
+    groups = {"data": parser.add_argument_group(GROUPS["data"])}
+    if after_data is not None:
+        after_data()
+    groups.update({k: parser.add_argument_group(t) for k, t in GROUPS.items() if k != "data"})
+    exclusive: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for f in RunOptions.flag_fields():
+        md = f.metadata
+        target = groups[md["group"]]
+        if md["exclusive"]:
+            if md["exclusive"] not in exclusive:
+                exclusive[md["exclusive"]] = target.add_mutually_exclusive_group()
+            target = exclusive[md["exclusive"]]
+        flags = [flag_of(f.name)] + ([md["short"]] if md.get("short") else [])
+        if md["kind"] == "flag":
+            target.add_argument(*flags, dest=f.name, action="store_true", default=None, help=md["help"])
+        elif md["kind"] == "bool?":  # --x / --no-x, None when neither is given
+            target.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=md["help"])
+        elif md["kind"] == "names":  # one or more names, each may be comma-separated
+            target.add_argument(*flags, dest=f.name, nargs="+", type=TYPES["names"], metavar=md["metavar"],
+                                default=None, help=md["help"])
+        else:
+            target.add_argument(*flags, dest=f.name, type=TYPES[md["kind"]], metavar=md["metavar"],
+                                default=None, help=md["help"], choices=md.get("choices"))
+    return groups
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     def _error(message: str):  # one line, exit 2 (argparse's usage block would be 30 lines)
         print(f"autoft run: error: {message} (see autoft run --help)", file=sys.stderr)
         raise SystemExit(2)
 
     parser.error = _error  # type: ignore[method-assign]
-    d = parser.add_argument_group("data")
-    d.add_argument("--data", metavar="PATH", help="training data: CSV/TSV/JSON(L)/Parquet file, a folder with "
-                   "train/validation/test files, or a Hub dataset id; omitted: the built-in demo")
-    add_data_flags(d)
-    add_question_flags(parser)
-    s = parser.add_argument_group("search and training")
-    s.add_argument("--search-trials", type=_int, default=9, metavar="N",
-                   help="configurations the successive-halving search starts with (default 9; demo 6)")
-    s.add_argument("--eta", type=_int, default=3, metavar="K", help="reduction factor: keep 1/K per rung (default 3)")
-    s.add_argument("--min-steps", type=_int, metavar="N",
-                   help="optimizer steps of the first rung (default: final steps / eta, at most 100)")
-    budget = s.add_mutually_exclusive_group()
-    budget.add_argument("--max-steps", type=_int, metavar="N", help="optimizer steps of the final run")
-    budget.add_argument("--epochs", type=_float_pos, metavar="E", help="epochs of the final run (default 3)")
-    s.add_argument("--time-budget", type=_duration, metavar="DURATION",
-                   help="cap on the search's wall time: 30m, 2h, 1h30m, 90s")
-    s.add_argument("--seed", type=_int, default=0, metavar="S", help="seed for sampling, data order and heads (default 0)")
-    s.add_argument("--eval-every", type=_int, metavar="N",
-                   help="final run: validate every N steps for early stopping (default: about 10 times)")
-    s.add_argument("--patience", type=_int, default=3, metavar="N",
-                   help="final run: stop after N validations without improvement (default 3)")
-    s.add_argument("--max-eval-examples", type=_int, metavar="N", help="cap on validation examples per evaluation")
-    s.add_argument("--no-search", action="store_true", help="skip the search: train the recommended setup once")
-    o = parser.add_argument_group("output")
-    o.add_argument("--output", metavar="DIR", help="output folder (default autoft-output/<timestamp>); "
-                   "must be empty unless --overwrite")
-    o.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR")
-    o.add_argument("--overwrite", action="store_true", help="replace autoft's files in a non-empty --output")
-    o.add_argument("--merge", action="store_true", help="save LoRA/QLoRA as merged full weights, not an adapter")
-    o.add_argument("--yes", "-y", action="store_true", help="do not ask before training")
+    groups = add_run_flags(parser, after_data=lambda: add_question_flags(parser))
+    o = groups["output"]
     o.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr (warnings still)")
+
+
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    """RunOptions from parsed `autoft run` arguments: only what was given (None is "not given")."""
+    q = {f.name: getattr(args, f.name) for f in dataclasses.fields(Question) if getattr(args, f.name, None) is not None}
+    kw = {f.name: getattr(args, f.name) for f in RunOptions.flag_fields() if getattr(args, f.name, None) is not None}
+    return RunOptions(question=q, **kw)
+
+
+def run_from_argv(argv: list[str], progress=None, **kw):
+    """`autoft run <argv>` in this process (the TUI's entry point): the same parser and pipeline."""
+    from autoft.autotrain.pipeline import run as run_pipeline
+    from autoft.cli import build_parser
+
+    args = build_parser().parse_args(["run", *argv])
+    return run_pipeline(options_from_args(args), progress=progress, argv=["autoft", "run", *argv], **kw)
 
 
 def _confirm(plan: dict) -> bool:
@@ -91,7 +140,7 @@ def run(args) -> int:
     import json
     import os
 
-    from autoft.autotrain.pipeline import options_from_args, run as run_pipeline
+    from autoft.autotrain.pipeline import display_name, run as run_pipeline
     from autoft.autotrain.progress import Progress, StderrReporter
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -103,18 +152,27 @@ def run(args) -> int:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     opts = options_from_args(args)
+    if opts.node_rank > 0:  # another machine of a distributed final run: start its processes only
+        from pathlib import Path
+
+        from autoft.autotrain.launch import join
+
+        out = opts.output or opts.resume
+        if not out:
+            from autoft.errors import AutoftError
+
+            raise AutoftError("--node-rank > 0 needs the output folder machine 0 writes to",
+                              "pass the same --output (or --resume) as on machine 0, on shared storage")
+        join(opts, Path(out), say=lambda text: print(text, file=sys.stderr))
+        print(f"machine {opts.node_rank}: its training processes finished; machine 0 writes the outputs "
+              f"to {out}", file=sys.stderr)
+        return 0
     progress = Progress([StderrReporter(quiet=args.quiet)])
-    argv = sys.argv if sys.argv and sys.argv[0].endswith(("autoft", "__main__.py")) else None
-    command = None
-    if argv:
-        command = ["autoft", *argv[1:]]
-    result = run_pipeline(opts, progress=progress, confirm=None if args.json else _confirm, argv=command)
+    typed = ["autoft", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith(("autoft", "__main__.py")) else None
+    result = run_pipeline(opts, progress=progress, confirm=None if args.json else _confirm, argv=typed)
     if args.json:
         print(json.dumps(result.summary(), default=str))
     else:
-        t = result.test
-        figures = ", ".join(f"{k} {v:.4f}" for k, v in t.items() if isinstance(v, float))
-        from autoft.autotrain.pipeline import display_name
-
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in result.test.items() if isinstance(v, float))
         print(f"{result.output_dir}: {display_name(result.model)} ({result.technique}) test {figures}")
     return 0

@@ -7,10 +7,11 @@ the first screen paints before torch or the data layer load), and tests pass fak
 `Answers` is the one app-level state object: every screen reads its initial values from it and
 writes what the user chose back, so going back and forth loses nothing.
 
-The answers become a plan by ONE code path shared with the CLI: `Answers.run_argv()` is the exact
-`autoft run ...` command line, and `Answers.question()` parses that command line with the CLI's own
-flag definitions (`autoft.cli._flags.add_question_flags`) and turns it into a `Question` with the
-CLI's `question_from_args`. The Results screen shows the same argv, so what the TUI planned is what
+The answers become a plan by ONE code path shared with the CLI: `Answers.options()` is the
+`RunOptions` they ask for, `Answers.run_argv()` its `autoft run ...` command line (the core's one
+serialiser, `options.to_argv`, which also writes a run's autoft-run.json), and `Answers.question()`
+parses that command line with the CLI's own flag definitions (`autoft.cli._flags.add_question_flags`)
+and turns it into a `Question` with the CLI's `question_from_args`. The Results screen shows the same argv, so what the TUI planned is what
 the command reproduces (tests/test_tui.py checks it against `autoft run`'s parser).
 
 This module must not import textual either: it is plain Python, testable on its own.
@@ -19,32 +20,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import shlex
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from autoft.advisor.question import Question
 from autoft.errors import AutoftError
 
+if TYPE_CHECKING:
+    from autoft.autotrain.options import RunOptions
+
 # Question fields that the data profile fills (DataProfile.to_question_fields()).
-PROFILE_FIELDS = ("task", "data_size", "num_labels", "seq_len_p95", "seq_len_p99", "language")
+PROFILE_FIELDS = ("task", "data_size", "num_labels", "seq_len_p95", "seq_len_p99", "seq_len_mean", "language")
 # Written into the command even at their default: `autoft advise --data` lets the profile fill an
 # unset language, so `--language en` on German data is an answer, not a default.
 ALWAYS_WRITTEN = ("task", "language")
 # Overrides the Recommendation screen offers, in display order.
 OVERRIDE_FIELDS = ("model", "technique", "batch_size", "gradient_accumulation_steps", "seq_len",
                    "precision", "gradient_checkpointing", "optimizer", "lora_rank", "freeze_layers")
-
-
-class RunCancelled(KeyboardInterrupt):
-    """Raised inside the run's progress listener when the user confirmed Cancel.
-
-    A KeyboardInterrupt subclass on purpose: the pipeline treats it like Ctrl-C (stop after the
-    persisted trials, leave a resumable output folder), and the progress bus, which swallows a
-    listener's ordinary exceptions, lets it through."""
 
 
 # -- the real core, imported only when first used -----------------------------------------------
@@ -89,24 +84,14 @@ def _run(argv: list[str], *, on_event: Callable[[dict], None], cancel: threading
     """Run `autoft run <argv>` in this process: the CLI's parser and pipeline (`run_from_argv`).
 
     Progress events (dicts, see autoft/autotrain/progress.py) go to `on_event`. Cancel: once
-    `cancel` is set the pipeline stops at its next step as on Ctrl-C (KeyboardInterrupt), leaving
-    the output folder resumable."""
+    `cancel` is set the pipeline stops at its next step as on Ctrl-C (`progress.RunInterrupted`),
+    leaving the output folder resumable."""
     import os
 
-    from autoft.autotrain import pipeline
+    from autoft.cli.run import run_from_argv
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as `autoft run` does
-    params = inspect.signature(pipeline.run).parameters
-    kw: dict[str, Any] = {}
-    if "should_stop" in params:  # the pipeline stops at its next step like Ctrl-C
-        kw["should_stop"] = cancel.is_set
-        listener = on_event
-    else:
-        def listener(ev: dict) -> None:
-            on_event(ev)
-            if cancel.is_set():
-                raise RunCancelled()
-    return pipeline.run_from_argv(argv, progress=listener, **kw)
+    return run_from_argv(argv, progress=on_event, should_stop=cancel.is_set)
 
 
 @dataclass
@@ -139,11 +124,6 @@ def _question_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _flag(name: str) -> str:
-    md = Question.field_help()[name]
-    return md.get("flag") or "--" + name.replace("_", "-")
-
-
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Question)}
 
 
@@ -158,7 +138,8 @@ class Answers:
     # What the data layer inferred (DataProfile.to_question_fields()); `autoft run --data` fills
     # the same fields from its own profile where the command leaves them unset.
     inferred: dict[str, Any] = field(default_factory=dict)
-    # `autoft run` options that are not Question fields: "search_trials", "max_steps" (ints).
+    # `autoft run` options that are not Question fields: "search_trials", "max_steps",
+    # "trials_in_parallel" (ints), "search_backend", "ray_address".
     run_options: dict[str, Any] = field(default_factory=dict)
     profile: Any = None
     hardware: Any = None
@@ -190,28 +171,24 @@ class Answers:
         layer's inference changes. Resuming needs only the folder: the run saved its options."""
         if resume:
             return ["--resume", self.output]
-        argv: list[str] = []
-        if self.data:
-            argv += ["--data", self.data]
+        from autoft.autotrain.options import to_argv
+
+        return to_argv(self.options())[2:]
+
+    def options(self) -> "RunOptions":
+        """The RunOptions these answers ask for (what `run_argv` serialises)."""
+        from autoft.autotrain.options import RunOptions
+
+        question = {}
         for f in dataclasses.fields(Question):
             if f.metadata.get("group") == "hidden" or f.name == "data_size" and self.data:
                 continue  # read from the data by the run itself
             value = self.fields.get(f.name)
             if value is None or value == "" or value == f.default and f.name not in ALWAYS_WRITTEN:
                 continue
-            flag = _flag(f.name)
-            if f.type == "bool | None":
-                argv.append(flag if value else "--no-" + flag[2:])
-            elif f.type == "bool":
-                argv.append(flag)
-            else:
-                argv += [flag, str(value)]
-        for name, value in self.run_options.items():
-            if value not in (None, ""):
-                argv += ["--" + name.replace("_", "-"), str(value)]
-        if self.output:
-            argv += ["--output", self.output]
-        return argv
+            question[f.name] = value
+        run_options = {k: v for k, v in self.run_options.items() if v not in (None, "")}
+        return RunOptions(data=self.data or None, question=question, output=self.output or None, **run_options)
 
     def command(self, *, resume: bool = False) -> str:
         return "autoft run " + shlex.join(self.run_argv(resume=resume))

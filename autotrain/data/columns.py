@@ -1,6 +1,8 @@
 """Which columns hold what, which task that means, and turning raw tables into normalised records.
 
-Classification records are `{"text": str, "label": str}`; generation records are
+Classification records are `{"text": str, "label": str}`, with `"text_pair": str` for sentence
+pairs; multi-label records carry `"labels": [str, ...]` instead of `"label"` (autotrain/data/
+multilabel.py). Generation records are
 `{"messages": [{"role": "system"?}, {"role": "user"}, {"role": "assistant"}]}`.
 Column names match case-insensitively; the first name in each list that exists wins.
 """
@@ -21,20 +23,25 @@ PROMPT_NAMES = ("instruction", "prompt", "question", "query")
 INPUT_NAMES = ("input", "context")                     # extra prompt text next to an instruction
 RESPONSE_NAMES = ("output", "response", "completion", "answer", "chosen")
 SYSTEM_NAMES = ("system", "system_prompt")
+# Sentence-pair classification (GLUE/SNLI/QNLI conventions): (first, second) column names.
+PAIR_NAMES = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"),
+              ("question1", "question2"), ("text_a", "text_b"), ("text1", "text2"))
 
 ROLE_MAP = {"system": "system", "user": "user", "human": "user", "prompter": "user",
             "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
             "chatgpt": "assistant"}
 
-FLAGS = ("--text-column/--label-column for classification, --prompt-column/--response-column "
-         "for generation, or --task")
+FLAGS = ("--text-column/--label-column for classification (--text-pair-column for sentence pairs), "
+         "--prompt-column/--response-column for generation, or --task")
 
 
 @dataclass
 class Mapping:
     task: str
-    # role (text, label, prompt, input, response, system, messages) -> column name
+    # role (text, text_pair, label, labels, prompt, input, response, system, messages) -> column name
     columns: dict[str, str]
+    # multi-label as several 0/1 columns: those columns, in order (autotrain/data/multilabel.py)
+    label_columns: tuple[str, ...] = ()
 
 
 def _find(columns: list[str], names: tuple[str, ...]) -> str | None:
@@ -63,17 +70,18 @@ def _need(columns: list[str], given: str | None, names: tuple[str, ...], role: s
 
 def infer_mapping(columns: list[str], *, task: str | None = None, text_column: str | None = None,
                   label_column: str | None = None, prompt_column: str | None = None,
-                  response_column: str | None = None) -> Mapping:
+                  response_column: str | None = None, text_pair_column: str | None = None) -> Mapping:
     """Decide the task and which column plays which role. Explicit arguments always win."""
     if task not in (None, "classification", "generation"):
         raise DataError(f"unknown task {task!r}", "use --task classification or --task generation")
+    pair = None if text_column and not text_pair_column else find_pair(columns, text_pair_column)
     if task is None:
-        if text_column or label_column:
+        if text_column or label_column or text_pair_column:
             task = "classification"
         elif prompt_column or response_column:
             task = "generation"
         else:
-            cls = _find(columns, TEXT_NAMES) and _find(columns, LABEL_NAMES)
+            cls = (_find(columns, TEXT_NAMES) or pair) and _find(columns, LABEL_NAMES)
             gen = _find(columns, MESSAGES_NAMES) or (_find(columns, PROMPT_NAMES + INPUT_NAMES)
                                                      and _find(columns, RESPONSE_NAMES))
             if cls and gen:
@@ -84,6 +92,8 @@ def infer_mapping(columns: list[str], *, task: str | None = None, text_column: s
                                 f"name them with {FLAGS}")
             task = "classification" if cls else "generation"
     if task == "classification":
+        if pair is not None:
+            return pair_mapping(columns, pair, text_column, label_column)
         return Mapping(task, {
             "text": _need(columns, text_column, TEXT_NAMES, "text", "--text-column"),
             "label": _need(columns, label_column, LABEL_NAMES, "label", "--label-column"),
@@ -105,6 +115,35 @@ def infer_mapping(columns: list[str], *, task: str | None = None, text_column: s
     if system:
         cols["system"] = system
     return Mapping(task, cols)
+
+
+# -- sentence pairs ------------------------------------------------------------------------------
+def find_pair(columns: list[str], text_pair_column: str | None = None) -> tuple[str | None, str] | None:
+    """(first, second) columns of a sentence pair, or None. With `text_pair_column` the second is
+    that column and the first is left to --text-column (None here); without it, the first pair of
+    PAIR_NAMES whose two columns both exist."""
+    if text_pair_column is not None:
+        return None, _need(columns, text_pair_column, (), "text pair", "--text-pair-column")
+    for a, b in PAIR_NAMES:
+        fa, fb = _find(columns, (a,)), _find(columns, (b,))
+        if fa and fb:
+            return fa, fb
+    return None
+
+
+def pair_mapping(columns: list[str], pair: tuple[str | None, str], text_column: str | None,
+                 label_column: str | None) -> Mapping:
+    """Classification of (text, text_pair): the first column from the pair found or --text-column."""
+    first, second = pair
+    text = _need(columns, text_column, TEXT_NAMES, "text", "--text-column") if first is None or text_column \
+        else first
+    if text == second:
+        raise DataError(f"the text and the text-pair column are both {text!r}",
+                        "name two different columns with --text-column and --text-pair-column")
+    return Mapping("classification", {
+        "text": text, "text_pair": second,
+        "label": _need(columns, label_column, LABEL_NAMES, "label", "--label-column"),
+    })
 
 
 # -- labels --------------------------------------------------------------------------------------
@@ -173,19 +212,15 @@ class Normalised:
 
 
 def normalise_classification(table: dict[str, list], cols: dict[str, str], lmap: dict) -> Normalised:
+    if "text_pair" in cols:
+        return normalise_pairs(table, cols, lmap)
     texts, labels = table[cols["text"]], table[cols["label"]]
     records = []
     append = records.append
     empty = missing = 0
     for t, l in zip(texts, labels):
         if t.__class__ is not str:
-            if t is None or (isinstance(t, float) and math.isnan(t)):
-                empty += 1
-                continue
-            if isinstance(t, (list, tuple, dict)):
-                raise DataError(f"the text column {cols['text']!r} holds {type(t).__name__}s, not text",
-                                "name the column that holds the text with --text-column")
-            t = str(t)
+            t = _cell_text(t, cols["text"], "--text-column")
         t = t.strip()
         if not t:
             empty += 1
@@ -197,6 +232,35 @@ def normalise_classification(table: dict[str, list], cols: dict[str, str], lmap:
         append({"text": t, "label": lab})
     dropped = {k: v for k, v in (("empty text", empty), ("no label", missing)) if v}
     return Normalised(records, len(texts), dropped)
+
+
+def _cell_text(t, column: str, flag: str) -> str:
+    """A non-str text cell as text ("" when missing); lists and dicts are an error."""
+    if t is None or (isinstance(t, float) and math.isnan(t)):
+        return ""
+    if isinstance(t, (list, tuple, dict)):
+        raise DataError(f"the text column {column!r} holds {type(t).__name__}s, not text",
+                        f"name the column that holds the text with {flag}")
+    return str(t)
+
+
+def normalise_pairs(table: dict[str, list], cols: dict[str, str], lmap: dict) -> Normalised:
+    """Sentence pairs: {"text", "text_pair", "label"}; a row with either side empty is dropped."""
+    records = []
+    empty = missing = 0
+    for t, u, l in zip(table[cols["text"]], table[cols["text_pair"]], table[cols["label"]]):
+        t = (t if t.__class__ is str else _cell_text(t, cols["text"], "--text-column")).strip()
+        u = (u if u.__class__ is str else _cell_text(u, cols["text_pair"], "--text-pair-column")).strip()
+        if not t or not u:
+            empty += 1
+            continue
+        lab = lmap[l]
+        if lab is None:
+            missing += 1
+            continue
+        records.append({"text": t, "text_pair": u, "label": lab})
+    dropped = {k: v for k, v in (("empty text", empty), ("no label", missing)) if v}
+    return Normalised(records, len(table[cols["text"]]), dropped)
 
 
 def _text(v) -> str:

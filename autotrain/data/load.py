@@ -10,6 +10,7 @@ from autoft.autotrain.data.columns import (
     infer_mapping, label_map, normalise_classification, normalise_generation, sort_labels,
 )
 from autoft.autotrain.data.readers import read_source
+from autoft.autotrain.data.seq2seq import Seq2SeqMapping, infer_seq2seq_mapping, normalise_seq2seq, pair_languages
 from autoft.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -17,7 +18,7 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class DataBundle:
-    task: str                                   # classification | generation
+    task: str                                   # classification | generation | summarization | translation
     splits: dict[str, list[dict]]               # train, validation, test -> normalised records
     label_names: list[str] | None               # classification: sorted class names (strings)
     source: str
@@ -25,6 +26,10 @@ class DataBundle:
     notes: list[str] = field(default_factory=list)      # what was done (splits cut, rows dropped)
     format: str = ""
     warnings: list[str] = field(default_factory=list)   # rows dropped etc.; the profile repeats them
+    multi_label: bool = False                   # records carry "labels": [names] (data/multilabel.py)
+    # translation: ISO 639-1 codes of the source and target language (records are {source, target})
+    source_lang: str | None = None
+    target_lang: str | None = None
 
     @property
     def num_labels(self) -> int | None:
@@ -44,11 +49,20 @@ def _pct(x: float) -> str:
 def load_data(source, *, task: str | None = None, text_column: str | None = None,
               label_column: str | None = None, prompt_column: str | None = None,
               response_column: str | None = None, split_seed: int = 42,
+              source_column: str | None = None, target_column: str | None = None,
+              source_lang: str | None = None, target_lang: str | None = None,
               validation_fraction: float = 0.1, test_fraction: float = 0.1,
-              max_empty_fraction: float = 0.05) -> DataBundle:
+              max_empty_fraction: float = 0.05, text_pair_column: str | None = None,
+              label_columns: list[str] | str | None = None,
+              allow_empty_labels: bool | None = None) -> DataBundle:
     """Read `source` (file, folder, save_to_disk folder or Hub id), infer the task, normalise the
     records, cut missing validation/test splits (stratified for classification, seed `split_seed`)
-    and check it all. Raises `DataError` with a one-line what-and-fix on bad input."""
+    and check it all. Raises `DataError` with a one-line what-and-fix on bad input.
+
+    Sentence pairs: a pair of PAIR_NAMES columns (sentence1/sentence2, premise/hypothesis, ...)
+    or `text_pair_column`. Multi-label: a label column holding lists, or several 0/1 columns
+    (`label_columns`, or found when there is no label column); `allow_empty_labels` says whether
+    a row may have no label (default: yes for 0/1 columns, no for lists). See data/multilabel.py."""
     for name, v in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
         if not 0 < v < 0.5:
             raise DataError(f"{name} must be between 0 and 0.5, got {v}", "use e.g. 0.1")
@@ -61,17 +75,30 @@ def load_data(source, *, task: str | None = None, text_column: str | None = None
         if sep:
             raise DataError(f"{source} has a single column {columns[0]!r}: it looks separated by "
                             f"{sep!r}, not commas", "save it comma-separated (.csv) or tab-separated (.tsv)")
-    mapping = infer_mapping(columns, task=task, text_column=text_column, label_column=label_column,
-                            prompt_column=prompt_column, response_column=response_column)
+    from autoft.autotrain.data import multilabel
+
+    mapping = _seq2seq_mapping(raw, columns, task, source_column, target_column, source_lang, target_lang,
+                               other=bool(text_column or label_column or prompt_column or response_column
+                                          or text_pair_column or label_columns))
+    if mapping is None:
+        mapping = multilabel.columns_mapping(
+            columns, raw.splits["train"], task=task, text_column=text_column, text_pair_column=text_pair_column,
+            label_column=label_column, label_columns=label_columns) or infer_mapping(
+            columns, task=task, text_column=text_column, label_column=label_column, prompt_column=prompt_column,
+            response_column=response_column, text_pair_column=text_pair_column)
     for split, table in raw.splits.items():
         for role in ("input", "system"):            # optional columns may be absent from a split
             col = mapping.columns.get(role)
             if col and col not in table:
                 table[col] = [None] * len(next(iter(table.values()), []))
-        missing = [c for c in mapping.columns.values() if c not in table]
+        missing = [c for c in (*mapping.columns.values(), *mapping.label_columns) if c not in table]
         if missing:
             raise DataError(f"the {split} split has no column {missing[0]!r}; its columns are: "
                             f"{', '.join(table)}", "give every split file the same header")
+    if multilabel.is_multilabel(mapping, raw):
+        return multilabel.load(raw, multilabel.as_multilabel(mapping), source=source, split_seed=split_seed,
+                               validation_fraction=validation_fraction, test_fraction=test_fraction,
+                               max_empty_fraction=max_empty_fraction, allow_empty_labels=allow_empty_labels)
     notes = list(raw.notes)
     warnings: list[str] = []
     label_names = None
@@ -85,8 +112,11 @@ def load_data(source, *, task: str | None = None, text_column: str | None = None
         if split not in raw.splits:
             continue
         table = raw.splits[split]
-        norm = (normalise_classification(table, mapping.columns, lmap) if lmap is not None
-                else normalise_generation(table, mapping.columns))
+        if isinstance(mapping, Seq2SeqMapping):
+            norm = normalise_seq2seq(table, mapping, split)
+        else:
+            norm = (normalise_classification(table, mapping.columns, lmap) if lmap is not None
+                    else normalise_generation(table, mapping.columns))
         if norm.total == 0:
             if split == "train":
                 raise DataError(f"{source} has no rows", "add rows under the header")
@@ -120,9 +150,38 @@ def load_data(source, *, task: str | None = None, text_column: str | None = None
                 raise DataError(f"{len(unseen)} label(s) in {split} never occur in train: {shown}",
                                 f"add train examples for them or remove those {split} rows")
         label_names = sort_labels(train_labels)
+    langs = (mapping.source_lang, mapping.target_lang) if isinstance(mapping, Seq2SeqMapping) else (None, None)
+    if isinstance(mapping, Seq2SeqMapping) and mapping.note:
+        notes.append(mapping.note)
     return DataBundle(task=mapping.task, splits=splits, label_names=label_names,
                       source=os.fspath(source), columns=mapping.columns, notes=notes,
-                      format=raw.format, warnings=warnings)
+                      format=raw.format, warnings=warnings, source_lang=langs[0], target_lang=langs[1])
+
+
+def _seq2seq_mapping(raw, columns, task, source_column, target_column, source_lang, target_lang,
+                     other: bool) -> Seq2SeqMapping | None:
+    """Summarization/translation columns (None: another task). A translation pair column's
+    languages come from the flags, else from the first train row's keys."""
+    from autoft.autotrain.data.columns import (INPUT_NAMES, LABEL_NAMES, MESSAGES_NAMES, PROMPT_NAMES,
+                                               RESPONSE_NAMES, TEXT_NAMES, _find)
+
+    fits_other = bool((_find(columns, TEXT_NAMES) and _find(columns, LABEL_NAMES)) or _find(columns, MESSAGES_NAMES)
+                      or (_find(columns, PROMPT_NAMES + INPUT_NAMES) and _find(columns, RESPONSE_NAMES)))
+    mapping = infer_seq2seq_mapping(columns, task=task, source_column=source_column, target_column=target_column,
+                                    source_lang=source_lang, target_lang=target_lang,
+                                    other_columns_given=other, fits_other_task=fits_other)
+    if mapping is not None and "pair" in mapping.columns and not (mapping.source_lang and mapping.target_lang):
+        from autoft.autotrain.data.seq2seq import _pair  # noqa: PLC0415
+
+        first = next((v for v in raw.splits["train"].get(mapping.columns["pair"], []) if v is not None), None)
+        if first is None:
+            raise DataError("the train split has no translation pairs", "add rows")
+        s, t, note = pair_languages(mapping, _pair(first, "row 1 of train", mapping.columns["pair"]))
+        if s == t:
+            raise DataError(f"the source and target language are both {s!r}",
+                            "translation needs two different languages: check --source-lang/--target-lang")
+        mapping.source_lang, mapping.target_lang, mapping.note = s, t, note
+    return mapping
 
 
 def _check_classes(splits: dict[str, list[dict]], source) -> None:

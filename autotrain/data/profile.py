@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from autoft.autotrain.data.load import DataBundle
+from autoft.autotrain.data.seq2seq import SEQ2SEQ_TASKS
 
 ESTIMATE_METHOD = "estimate: max(characters / 4, words x 1.3)"
 IMBALANCE_WARN = 10.0
@@ -70,10 +71,21 @@ class DataProfile:
     notes: list[str] = field(default_factory=list)
     source: str = ""
     length_sampled: bool = False                       # tokenizer lengths from a sample (see length_method)
+    multi_label: bool = False                          # label_counts count rows carrying each label
+    majority_share: float | None = None                # single-label: share of train rows in the largest class
+    labels_per_row: float | None = None                # multi-label: mean labels per train row
+    # sentence pairs: token lengths of each side (p50, p95, p99, max; same method as the pair's);
+    # length_percentiles are those of the pair as the model reads it (both sides and special tokens)
+    pair_lengths: dict[str, dict[str, int]] | None = None
     # train length distribution: sorted lengths (tokens) and their cumulative weights (a row of a
     # sample stands for `step` rows; without sampling every weight is 1 and _cumw[-1] is the row count)
     _lengths: list[int] = field(default_factory=list, repr=False)
     _cumw: list[float] = field(default_factory=list, repr=False)
+    # summarization/translation: length_percentiles are the sources' (what the encoder reads) and
+    # these the targets' (what the decoder writes), tokens, train split, same method
+    target_length_percentiles: dict[str, int] = field(default_factory=dict)
+    source_lang: str | None = None
+    target_lang: str | None = None
 
     @property
     def num_labels(self) -> int | None:
@@ -89,6 +101,10 @@ class DataProfile:
             "length_method": self.length_method,
             "duplicates_train": self.duplicates_train, "train_test_overlap": self.train_test_overlap,
             "language": self.language, "warnings": list(self.warnings), "notes": list(self.notes),
+            "multi_label": self.multi_label, "majority_share": self.majority_share,
+            "labels_per_row": self.labels_per_row, "pair_lengths": self.pair_lengths,
+            **({"target_token_lengths": dict(self.target_length_percentiles)} if self.target_length_percentiles else {}),
+            **({"source_lang": self.source_lang, "target_lang": self.target_lang} if self.source_lang else {}),
         }
 
     def to_question_fields(self) -> dict[str, Any]:
@@ -99,9 +115,28 @@ class DataProfile:
         if self.length_percentiles:
             out["seq_len_p95"] = self.length_percentiles["p95"]
             out["seq_len_p99"] = self.length_percentiles["p99"]
+            mean = self.mean_length()
+            if mean:
+                out["seq_len_mean"] = mean
         if self.language != "unknown":
             out["language"] = self.language
+        if self.imbalance_ratio is not None:          # the advisor's class-weight and metric rules
+            out["imbalance_ratio"] = self.imbalance_ratio
+            out["majority_share"] = self.majority_share
+            out["multi_label"] = self.multi_label
+        if self.target_length_percentiles:
+            out["target_len_p95"] = self.target_length_percentiles["p95"]
+            out["target_len_p99"] = self.target_length_percentiles["p99"]
+        if self.source_lang:
+            out["source_lang"], out["target_lang"] = self.source_lang, self.target_lang
         return out
+
+    def mean_length(self) -> int | None:
+        """Mean train example length in tokens (weighted like the percentiles), None when unknown."""
+        if not self._lengths or not self._cumw[-1]:
+            return None
+        weights = [w - p for w, p in zip(self._cumw, [0.0] + self._cumw[:-1])]
+        return round(sum(n * w for n, w in zip(self._lengths, weights)) / self._cumw[-1])
 
     def truncated_fraction(self, max_len: int) -> float:
         """Fraction of train examples longer than `max_len` tokens (0.0 - 1.0)."""
@@ -152,6 +187,8 @@ def example_text(rec: dict) -> str:
     """The text of one record that counts for length: the text, or all message contents."""
     if "text" in rec:
         return rec["text"]
+    if "source" in rec:          # summarization/translation: the source (the target is profiled apart)
+        return rec["source"]
     return "\n".join(m["content"] for m in rec["messages"])
 
 
@@ -165,8 +202,9 @@ def estimate_tokens(texts: list[str]) -> list[int]:
     return [max(-(-len(t) // 4), -(-(t.count(" ") + 1) * 13 // 10)) for t in texts]
 
 
-def tokenize_lengths(tokenizer, texts: list[str], batch_size: int = 100_000) -> list[int]:
-    """Token counts (with special tokens) under `tokenizer`, truncation and padding off.
+def tokenize_lengths(tokenizer, texts: list, batch_size: int = 100_000) -> list[int]:
+    """Token counts (with special tokens) under `tokenizer`, truncation and padding off. An item
+    may be a (text, text_pair) tuple: the pair as the model reads it.
 
     Uses the fast (Rust) backend's `encode_batch_fast` directly when there is one: for sst2 it is
     2.4x faster than `tokenizer(texts)` because it builds no offsets or Python dicts. The backend's
@@ -189,7 +227,11 @@ def tokenize_lengths(tokenizer, texts: list[str], batch_size: int = 100_000) -> 
                 backend.enable_padding(**pad)
         return out
     for i in range(0, len(texts), 1000):       # slow (Python) tokenizers
-        enc = tokenizer(texts[i:i + 1000], add_special_tokens=True, truncation=False)
+        chunk = texts[i:i + 1000]
+        if chunk and isinstance(chunk[0], tuple):
+            enc = tokenizer([a for a, _ in chunk], [b for _, b in chunk], add_special_tokens=True, truncation=False)
+        else:
+            enc = tokenizer(chunk, add_special_tokens=True, truncation=False)
         out.extend(len(ids) for ids in enc["input_ids"])
     return out
 
@@ -236,7 +278,7 @@ def _norm(t: str) -> str:
 
 
 def _tokenized_lengths(prof: DataProfile, tokenizer, task: str, train: list[dict], texts: list[str],
-                       max_tokenized: int | None) -> None:
+                       max_tokenized: int | None, inputs: list | None = None) -> None:
     """Token lengths of the train split under `tokenizer`, into prof._lengths/_cumw.
 
     Up to `max_tokenized` rows every row is tokenised (exact). Past it, a stratified sample:
@@ -255,7 +297,7 @@ def _tokenized_lengths(prof: DataProfile, tokenizer, task: str, train: list[dict
         nonlocal chat
         model_texts = _chat_texts(tokenizer, [train[i] for i in idx]) if chat else None
         chat = model_texts is not None            # a template that failed: plain text from now on
-        return tokenize_lengths(tokenizer, model_texts or [texts[i] for i in idx])
+        return tokenize_lengths(tokenizer, model_texts or [(inputs or texts)[i] for i in idx])
 
     if not max_tokenized or n <= max_tokenized:
         prof._lengths, prof._cumw = _distribution([(lengths_of(list(range(n))), 1.0)])
@@ -276,33 +318,59 @@ def _tokenized_lengths(prof: DataProfile, tokenizer, task: str, train: list[dict
     prof.length_method = f"tokenizer {name}" + (" (chat template)" if chat else "") + sampled
 
 
+def _pair_side_lengths(train: list[dict], tokenizer, language: str) -> dict[str, dict[str, int]]:
+    """Percentiles (p50, p95, p99, max tokens) of each side of a sentence pair: the tokenizer's
+    counts without special tokens when one is given, else the estimate (x1.5 for non-English)."""
+    out = {}
+    for side in ("text", "text_pair"):
+        texts = [r[side] for r in train]
+        if tokenizer is not None:
+            base = [len(ids) for ids in tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]]
+        else:
+            base = estimate_tokens(texts)
+            if language not in ("en", "unknown"):
+                base = [math.ceil(n * NON_ENGLISH_FACTOR) for n in base]
+        v = sorted(base)
+        out[side] = {"p50": _percentile(v, 50), "p95": _percentile(v, 95), "p99": _percentile(v, 99),
+                     "max": v[-1] if v else 0}
+    return out
+
+
 def build_profile(bundle: DataBundle, tokenizer=None, *, seq_len: int | None = None,
                   max_tokenized: int | None = MAX_TOKENIZED) -> DataProfile:
     """Profile a loaded bundle. With `tokenizer` (a transformers tokenizer) lengths are exact token
     counts of the train split (of a stratified sample past `max_tokenized` rows; None: all
     rows); without, they are estimated. `seq_len` adds a truncation warning for that planned sequence length."""
     train = bundle.splits["train"]
+    pairs = bundle.task == "classification" and bool(train) and "text_pair" in train[0]
     if bundle.task == "classification":
-        texts = [r["text"] for r in train]
+        # a pair counts as one text for language and duplicates (the model reads both sides)
+        texts = [r["text"] + "\n" + r["text_pair"] for r in train] if pairs else [r["text"] for r in train]
     else:
         texts = [example_text(r) for r in train]
     prof = DataProfile(task=bundle.task, rows={k: len(v) for k, v in bundle.splits.items()},
                        label_names=list(bundle.label_names) if bundle.label_names is not None else None,
-                       source=bundle.source, notes=list(bundle.notes), warnings=list(bundle.warnings))
+                       source=bundle.source, notes=list(bundle.notes), warnings=list(bundle.warnings),
+                       multi_label=bool(getattr(bundle, "multi_label", False)))
     # -- labels
     if bundle.task == "classification":
         prof.label_counts = {}
         for split, recs in bundle.splits.items():
-            c = Counter(r["label"] for r in recs)
+            c = Counter(l for r in recs for l in r["labels"]) if prof.multi_label else Counter(r["label"] for r in recs)
             prof.label_counts[split] = {l: c.get(l, 0) for l in bundle.label_names or sorted(c)}
         tc = [n for n in prof.label_counts["train"].values() if n]
         prof.imbalance_ratio = round(max(tc) / min(tc), 2) if tc else None
+        if prof.multi_label:
+            prof.labels_per_row = round(sum(tc) / max(1, len(train)), 3)
+        elif tc:
+            prof.majority_share = round(max(tc) / sum(tc), 4)
         if prof.imbalance_ratio and prof.imbalance_ratio > IMBALANCE_WARN:
             big = max(prof.label_counts["train"], key=prof.label_counts["train"].get)
             small = min((l for l in prof.label_counts["train"] if prof.label_counts["train"][l]),
                         key=prof.label_counts["train"].get)
             prof.warnings.append(
-                f"heavy class imbalance: {big!r} has {prof.imbalance_ratio:g}x the train rows of "
+                f"heavy {'label' if prof.multi_label else 'class'} imbalance: {big!r} has "
+                f"{prof.imbalance_ratio:g}x the train rows of "
                 f"{small!r} ({prof.label_counts['train'][big]} vs {prof.label_counts['train'][small]}); "
                 "consider more examples of the small classes or class weights")
         tiny = [l for l, n in prof.label_counts["train"].items() if n < MIN_CLASS_ROWS]
@@ -311,10 +379,13 @@ def build_profile(bundle: DataBundle, tokenizer=None, *, seq_len: int | None = N
             prof.warnings.append(f"{len(tiny)} class(es) have fewer than {MIN_CLASS_ROWS} train rows: "
                                  f"{shown}{' ...' if len(tiny) > 5 else ''}; the model will rarely "
                                  "predict them")
-    prof.language = detect_language(texts)
+    prof.language = bundle.source_lang or detect_language(texts)
     # -- lengths
+    if pairs:
+        prof.pair_lengths = _pair_side_lengths(train, tokenizer, prof.language)
     if tokenizer is not None:
-        _tokenized_lengths(prof, tokenizer, bundle.task, train, texts, max_tokenized)
+        _tokenized_lengths(prof, tokenizer, bundle.task, train, texts, max_tokenized,
+                           inputs=[(r["text"], r["text_pair"]) for r in train] if pairs else None)
     else:
         lengths = sorted(estimate_tokens(texts))
         if prof.language not in ("en", "unknown"):
@@ -333,6 +404,8 @@ def build_profile(bundle: DataBundle, tokenizer=None, *, seq_len: int | None = N
         w = prof.truncation_warning(limit, why)
         if w:
             prof.warnings.append(w)
+    if bundle.task in SEQ2SEQ_TASKS:
+        _target_lengths(prof, bundle, tokenizer, max_tokenized)
     # -- duplicates and overlap (exact match after lower-casing and whitespace folding)
     keys = [_norm(t) for t in texts]
     uniq = set(keys)
@@ -343,7 +416,8 @@ def build_profile(bundle: DataBundle, tokenizer=None, *, seq_len: int | None = N
                              "text; consider de-duplicating")
     test = bundle.splits.get("test", [])
     if test:
-        tk = [_norm(r["text"] if "text" in r else example_text(r)) for r in test]
+        tk = [_norm(r["text"] + "\n" + r["text_pair"] if pairs else r["text"] if "text" in r else example_text(r))
+              for r in test]
         prof.train_test_overlap = sum(1 for k in tk if k in uniq)
         if prof.train_test_overlap:
             share = 100 * prof.train_test_overlap / len(tk)
@@ -351,3 +425,26 @@ def build_profile(bundle: DataBundle, tokenizer=None, *, seq_len: int | None = N
                                  "also occur in train, which inflates test scores; remove them from "
                                  "one side")
     return prof
+
+
+def _target_lengths(prof: DataProfile, bundle: DataBundle, tokenizer, max_tokenized: int | None) -> None:
+    """Summarization/translation: the train targets' token-length percentiles (tokenizer counts, of
+    an even sample past `max_tokenized` rows; else the estimate, x1.5 for a non-English target) and a
+    warning when summaries are about as long as their documents (swapped columns?)."""
+    targets = [r["target"] for r in bundle.splits["train"]]
+    prof.source_lang, prof.target_lang = bundle.source_lang, bundle.target_lang
+    if tokenizer is not None:
+        step = max(1, math.ceil(len(targets) / max_tokenized)) if max_tokenized else 1
+        lengths = sorted(tokenize_lengths(tokenizer, targets[::step]))
+    else:
+        lengths = sorted(estimate_tokens(targets))
+        lang = bundle.target_lang or prof.language
+        if lang not in ("en", "unknown"):
+            lengths = [math.ceil(n * NON_ENGLISH_FACTOR) for n in lengths]
+    prof.target_length_percentiles = {"p50": _percentile(lengths, 50), "p95": _percentile(lengths, 95),
+                                      "p99": _percentile(lengths, 99), "max": lengths[-1] if lengths else 0}
+    src_p50 = prof.length_percentiles.get("p50") or 0
+    if bundle.task == "summarization" and src_p50 and prof.target_length_percentiles["p50"] >= 0.8 * src_p50:
+        prof.warnings.append(f"the summaries are about as long as the documents (median "
+                             f"{prof.target_length_percentiles['p50']} vs {src_p50} tokens): check that "
+                             "--source-column and --target-column are not swapped")

@@ -1,11 +1,12 @@
 """Freeze: train the top layers and the head; the embeddings and the bottom `freeze_layers`
-blocks stay frozen (no gradients, no optimizer state for them). Optional layer-wise LR decay
-across the trained blocks."""
+blocks stay frozen (no gradients, no optimizer state for them). An encoder-decoder freezes the
+bottom blocks of both its encoder and its decoder stack. Optional layer-wise LR decay across the
+trained blocks."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from autoft.autotrain.techniques.common import find_layers, layer_index, parameter_groups
+from autoft.autotrain.techniques.common import enable_checkpointing, find_layer_stacks, layer_index, parameter_groups
 from autoft.errors import AutoftError
 
 NAME = "freeze"
@@ -16,7 +17,8 @@ DEFAULT_LR = 1e-4
 @dataclass
 class FreezeConfig:
     freeze_layers: int | None = field(default=None, metadata={
-        "help": "number of bottom layers kept frozen (default: all but the top quarter, at least one trained)"})
+        "help": "number of bottom layers kept frozen, in each stack of an encoder-decoder (default: all "
+                "but the top quarter, at least one trained)"})
     layer_decay: float = field(default=1.0, metadata={
         "help": "layer-wise learning-rate decay per trained block from the top (1.0: off; 0.8-0.95)"})
 
@@ -35,17 +37,19 @@ def frozen_count(num_layers: int, freeze_layers: int | None) -> int:
     return freeze_layers
 
 
-def apply(model, config: FreezeConfig, task: str):
-    layers_name, layers = find_layers(model)
-    k = frozen_count(len(layers), config.freeze_layers)
-    if k >= len(layers):
-        raise AutoftError(f"freeze_layers={k} leaves none of the model's {len(layers)} layers to train",
-                          f"pass --freeze-layers {len(layers) - 1} or less")
+def apply(model, config: FreezeConfig, task: str, gradient_checkpointing: bool = False):
+    enable_checkpointing(model, gradient_checkpointing)
+    stacks = [(name, layers, frozen_count(len(layers), config.freeze_layers))
+              for name, layers in find_layer_stacks(model)]
+    for name, layers, k in stacks:
+        if k >= len(layers):
+            raise AutoftError(f"freeze_layers={k} leaves none of the {len(layers)} layers of {name} to train",
+                              f"pass --freeze-layers {len(layers) - 1} or less")
     embed_ids = {id(p) for p in model.get_input_embeddings().parameters()}
-    for name, p in model.named_parameters():
-        i = layer_index(name, layers_name)
-        frozen = (id(p) in embed_ids or "embeddings." in name or "embed_tokens" in name
-                  or _feeds_every_layer(name) or (i is not None and i < k))
+    for pname, p in model.named_parameters():
+        in_frozen_block = any((i := layer_index(pname, name)) is not None and i < k for name, _, k in stacks)
+        frozen = (id(p) in embed_ids or "embeddings." in pname or "embed_tokens" in pname
+                  or "embed_positions" in pname or _feeds_every_layer(pname) or in_frozen_block)
         p.requires_grad_(not frozen)
     # A tied output head (lm_head == embed_tokens) stays frozen with the embeddings.
     return model

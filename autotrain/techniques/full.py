@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from autoft.autotrain.techniques.common import parameter_groups
+from autoft.autotrain.techniques.common import enable_checkpointing, parameter_groups
 from autoft.errors import AutoftError
 
 NAME = "full"
@@ -22,7 +22,8 @@ class FullConfig:
             raise AutoftError(f"layer_decay must be in (0, 1], got {self.layer_decay}", "use 0.8-0.95, or 1.0 for none")
 
 
-def apply(model, config: FullConfig, task: str):
+def apply(model, config: FullConfig, task: str, gradient_checkpointing: bool = False):
+    enable_checkpointing(model, gradient_checkpointing)
     for p in model.parameters():
         p.requires_grad_(True)
     return model

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from autoft.autotrain.techniques.common import head_names, parameter_groups
+from autoft.autotrain.techniques.common import enable_checkpointing, head_names, parameter_groups
 from autoft.errors import AutoftError
 
 NAME = "lora"
@@ -54,8 +54,14 @@ def peft_config(model, config: LoraConfig, task: str):
     # it (DistilBERT's pre_classifier): exclude that from the adapters, since it trains in full and
     # peft matches modules_to_save by suffix ("pre_classifier" ends in "classifier")
     inner = [h for h in heads if h not in ("classifier", "score")]
+    if task == "classification":
+        task_type = TaskType.SEQ_CLS
+    elif getattr(model.config, "is_encoder_decoder", False):
+        task_type = TaskType.SEQ_2_SEQ_LM  # T5, BART, Marian: adapters in the encoder and the decoder
+    else:
+        task_type = TaskType.CAUSAL_LM
     return PeftLoraConfig(
-        task_type=TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM,
+        task_type=task_type,
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=target_modules(getattr(model.config, "model_type", ""), config.lora_targets),
         exclude_modules=inner or None,
@@ -63,10 +69,17 @@ def peft_config(model, config: LoraConfig, task: str):
     )
 
 
-def apply(model, config: LoraConfig, task: str):
+def apply(model, config: LoraConfig, task: str, gradient_checkpointing: bool = False):
     from peft import get_peft_model
 
+    enable_checkpointing(model, gradient_checkpointing)
     return get_peft_model(model, peft_config(model, config, task))
+
+
+def merge(model, config: LoraConfig, task: str, load_base):
+    """The adapter merged into the base weights (the PeftModel is consumed). `load_base` is
+    unused: LoRA's base is already in the compute dtype."""
+    return model.merge_and_unload()
 
 
 def trainable_parameter_groups(model, config: LoraConfig, lr: float, weight_decay: float = 0.0) -> list[dict]:

@@ -41,7 +41,20 @@ def apply(model, config: QLoraConfig, task: str, gradient_checkpointing: bool = 
         model, use_gradient_checkpointing=gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None)
     keep_cpu_layout(model)
-    return lora.apply(model, config, task)
+    return lora.apply(model, config, task)  # (checkpointing is on already, when asked)
+
+
+def merge(model, config: QLoraConfig, task: str, load_base):
+    """QLoRA merge: `load_base()` reloads the base in the compute dtype (not 4-bit); the trained
+    adapter and head are loaded into it and merged. The adapter was trained against the NF4
+    weights, so the merged model differs from the 4-bit one by the quantisation error (the usual
+    QLoRA merge)."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    base = load_base()
+    merged = get_peft_model(base, lora.peft_config(base, config, task))
+    set_peft_model_state_dict(merged, get_peft_model_state_dict(model))
+    return merged.merge_and_unload()
 
 
 def keep_cpu_layout(model) -> None:

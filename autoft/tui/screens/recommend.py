@@ -16,6 +16,7 @@ from textual.widgets import Checkbox, DataTable, Input, Label, Select, Static
 
 from autoft.advisor.question import OPTIMIZERS, PRECISIONS, TECHNIQUES
 from autoft.advisor.units import GIB, fmt_params
+from autoft.autotrain.options import RunOptions
 from autoft.errors import AutoftError
 from autoft.tui.screens.base import Step, help_of
 from autoft.tui.services import OVERRIDE_FIELDS, default_output, parse_int, to_dict
@@ -33,6 +34,8 @@ DEBOUNCE_S = 0.25
 RUN_OPTIONS = (("search_trials", "Search trials", "configurations the successive-halving search starts "
                 "with (default 9)"),
                ("max_steps", "Final steps", "optimizer steps of the final run (default: 3 epochs)"))
+# Where the search's trials run (`--search-backend`, `--trials-in-parallel`, `--ray-address`).
+BACKENDS = tuple(RunOptions.field_help()["search_backend"]["choices"])
 
 
 def plan_value(rec: dict, name: str):
@@ -55,6 +58,21 @@ def capacity_gib(hardware, rec: dict) -> float:
         return hardware.memory_bytes / GIB
     gpu = rec.get("gpu") or {}
     return float(gpu.get("memory_gib") or 0.0) if isinstance(gpu, dict) else 0.0
+
+
+def speed_text(sp: dict | None, data_size: int | None = None) -> tuple[str, str]:
+    """The predicted (or measured) training speed of the plan in one line, and what it assumes
+    (the tooltip)."""
+    from autoft.advisor.speed import fmt_duration
+
+    if not sp:
+        return "speed not predicted: no throughput figures for this GPU", ""
+    how = "measured" if sp.get("method") == "probe" else "predicted"
+    text = f"⏱ {how} {sp['examples_per_s']:.3g} examples/s"
+    if sp.get("epoch_s") is not None:
+        text += f", {fmt_duration(sp['epoch_s'])}/epoch"
+    size = f"an epoch is {data_size:,} examples; " if data_size else ""
+    return text, f"{size}{sp.get('tokens_assumed', '')}; {sp.get('assumption', '')}"
 
 
 class RecommendScreen(Step):
@@ -94,6 +112,7 @@ class RecommendScreen(Step):
                     yield Label(label, classes="field-label")
                     yield Input("" if cur is None else str(cur), id=name, type="integer", compact=True,
                                 placeholder="autoft run's default", tooltip=tip)
+                yield from self._parallel_fields()
                 yield Label("Output folder", classes="field-label")
                 yield Input(a.output or default_output(a.data), id="output", compact=True,
                             tooltip="where the model, card, report and trials are written")
@@ -101,10 +120,25 @@ class RecommendScreen(Step):
                 yield Static("asking the advisor ...", id="headline")
                 yield MemoryBar(id="membar")
                 yield Static("", id="fit")
+                yield Static("", id="speed")
                 yield Label("Why", classes="section")
                 yield Static("", id="reasons")
                 yield Label("Alternatives", classes="section")
                 yield DataTable(id="alternatives", cursor_type="row", zebra_stripes=True)
+
+    def _parallel_fields(self) -> ComposeResult:
+        """Search backend, trials at once, Ray address: where the search's trials run."""
+        a, run_help = self.answers, RunOptions.field_help()
+        yield Label("Search on", classes="field-label")
+        yield Select([(b, b) for b in BACKENDS], value=a.run_options.get("search_backend") or "local",
+                     allow_blank=False, id="search_backend", compact=True, tooltip=run_help["search_backend"]["help"])
+        cur = a.run_options.get("trials_in_parallel")
+        yield Label("Trials at once", classes="field-label")
+        yield Input("" if cur is None else str(cur), id="trials_in_parallel", type="integer", compact=True,
+                    placeholder="ray: as many as fit", tooltip=run_help["trials_in_parallel"]["help"])
+        yield Label("Ray address", classes="field-label")
+        yield Input(a.run_options.get("ray_address") or "", id="ray_address", compact=True,
+                    placeholder="ray: start Ray here", tooltip=run_help["ray_address"]["help"])
 
     def on_mount(self) -> None:
         alt = self.query_one("#alternatives", DataTable)
@@ -152,8 +186,12 @@ class RecommendScreen(Step):
             self._show_error(err)
             return False
         try:
-            for name, _, _ in RUN_OPTIONS:
+            for name, _, _ in RUN_OPTIONS + (("trials_in_parallel", "", ""),):
                 a.run_options[name] = parse_int(self.query_one(f"#{name}", Input).value, name)
+            backend = self.query_one("#search_backend", Select).value
+            a.run_options["search_backend"] = None if backend in (Select.NULL, "local") else backend
+            a.run_options["ray_address"] = self.query_one("#ray_address", Input).value.strip() or None
+            a.options()  # Ray fields without the ray backend: the same one-line error as `autoft run`
         except AutoftError as err:
             self._show_error(err)
             return False
@@ -246,6 +284,10 @@ class RecommendScreen(Step):
         else:
             fit.update(f"✗ does not fit: predicted peak {peak:.2f} GiB of {cap:.1f} GiB")
             fit.set_classes("bad")
+        text, why = speed_text(d.get("speed"), (d.get("question") or {}).get("data_size"))
+        speed = self.query_one("#speed", Static)
+        speed.update(text)
+        speed.tooltip = why or None
         self.query_one("#reasons", Static).update(
             "\n".join(f"[b]{r.get('rule')}[/b] {r.get('because')}" for r in d.get("reasons") or []))
         alt = self.query_one("#alternatives", DataTable)

@@ -67,6 +67,9 @@ class SearchView:
                 self.lr.setdefault(t, lr)
         elif k == "rung_end":
             self.promoted[int(ev.get("rung", 0))] = {int(t) for t in ev.get("promoted") or []}
+        elif k == "heartbeat":  # the ray backend: several trials at once, in other processes
+            running = ", ".join(str(t) for t in ev.get("running") or []) or "-"
+            self.step_line = f"search on Ray: trials {running} running, {ev.get('done_steps', 0)} steps done"
 
     def rows(self) -> list[list]:
         """One row per trial: trial, learning rate, then one cell per rung (Text, survivors green)."""
@@ -138,7 +141,7 @@ class RunScreen(Step):
 
         try:
             result = self.services.run(argv, on_event=on_event, cancel=self.cancel_event)
-        except KeyboardInterrupt:  # RunCancelled, or the pipeline's own Ctrl-C
+        except KeyboardInterrupt:  # progress.RunInterrupted (Cancel), or Ctrl-C
             self.app.call_from_thread(self._finished, None, None, True)
             return
         except AutoftError as err:
@@ -156,7 +159,7 @@ class RunScreen(Step):
         k = ev.get("kind")
         if k in ("rung_start", "trial_start", "trial_end", "rung_end"):
             self._draw_table()
-        if k in ("step", "trial_start", "phase"):
+        if k in ("step", "trial_start", "phase", "heartbeat"):
             self.query_one("#loss", Sparkline).data = list(self.view.losses[-200:])
             self.query_one("#progress", Static).update(self.view.step_line or self.view.where)
         if k in ("stage", "message", "warning", "rung_start", "rung_end", "trial_end", "done"):

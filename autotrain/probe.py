@@ -1,0 +1,214 @@
+"""Measure before planning: a few real optimizer steps of the planned setting on the real model
+and data, the evaluation time per example, and what building and checkpointing a trial cost.
+
+    result = probe(plan.trial, bundle, hparams, warmup=1, steps=3)
+    plan = plan_budget(budget_s, result.measured(), ...)       # autotrain/budget.py
+    factory = ProbedFactory(Trial, result)                     # the search's first trial continues it
+
+The probed steps are not thrown away: the probe builds the Trial exactly as the first search trial
+(or the run without a search) would - same configuration, seed and data order - so that trial
+can continue from the probe's last step (`ProbeResult.reuse`, or `ProbedFactory` handed to
+`run_search` / the final run as its trial factory). Only the learning-rate schedule is not known
+before the plan exists; `reuse` sets it, and the probe's first steps keep the warmup they ran with
+(a difference of a few warmup steps).
+
+For generation the probe also measures the base model on the test split before any training
+(`ProbeResult.baseline`): the run needs that baseline anyway, and it times evaluation on real
+examples. Everything else here is timing; no number is guessed.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoft.errors import AutoftError
+
+
+@dataclass
+class ProbeResult:
+    """Measured seconds of one setting (all wall-clock, on this machine, now)."""
+
+    step_s: float  # median seconds per optimizer step after the warm-up steps
+    step_times: list[float]  # every timed step, seconds
+    warmup_steps: int  # steps trained but not timed (first-call allocations, kernel selection)
+    build_s: float  # building the Trial: model load, technique, tokenising train and validation
+    eval_s_per_example: float  # evaluation, seconds per example
+    eval_examples: int  # examples the evaluation time was measured on
+    checkpoint_s: float  # writing one checkpoint (a search trial-rung writes one)
+    samples_per_s: float  # training examples per second in the timed steps
+    tokens_per_example: float  # mean non-pad tokens per trained example
+    batch_size: int
+    grad_accum: int
+    device: str
+    baseline: dict | None = None  # generation: the base model's test metrics, measured before training
+    steps_done: int = 0  # optimizer steps the probed Trial has trained
+    trial: Any = field(default=None, repr=False)  # the probed Trial, until reused or closed
+    rng: Any = field(default=None, repr=False)  # torch RNG states after the last step (dropout)
+
+    def to_dict(self) -> dict:
+        """For search.json / the report (the Trial itself is not serialised)."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("trial", "baseline", "rng")}
+        out["step_times"] = [round(x, 4) for x in self.step_times]
+        for k in ("step_s", "build_s", "eval_s_per_example", "checkpoint_s", "samples_per_s", "tokens_per_example"):
+            out[k] = round(float(out[k]), 5)
+        return out
+
+    def measured(self):
+        """The measured times as the budget planner reads them (`budget.Measured`)."""
+        from autoft.autotrain.budget import Measured
+
+        return Measured(step_s=self.step_s, eval_s_per_example=self.eval_s_per_example,
+                        trial_overhead_s=self.build_s + self.checkpoint_s, save_s=self.checkpoint_s)
+
+    def reuse(self, *, lr_schedule: str = "constant", total_steps: int | None = None,
+              warmup_steps: int | None = None, decay_start: int | None = None):
+        """Hand over the probed Trial with the learning-rate schedule the plan chose; it continues
+        from step `steps_done`. The probe no longer owns it (close() will not touch it)."""
+        trial = self.trial
+        if trial is None:
+            raise RuntimeError("the probed Trial was already reused or closed")
+        trial.set_schedule(lr_schedule=lr_schedule, total_steps=total_steps, warmup_steps=warmup_steps,
+                           decay_start=decay_start)
+        _set_rng(self.rng)  # other Trials built since re-seeded torch: continue the probe's stream
+        self.trial = None
+        return trial
+
+    def close(self) -> None:
+        if self.trial is not None:
+            self.trial.close()
+            self.trial = None
+
+
+def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, steps: int = 3,
+          eval_examples: int = 32, baseline: bool = True, factory: Any = None,
+          scratch: str | None = None) -> ProbeResult:
+    """Build the Trial of `spec` (a `plan.TrialSpec`) with `hparams` (constant learning rate, as
+    the search trains), train `warmup` untimed and `steps` timed optimizer steps, time evaluation on
+    up to `eval_examples` validation examples (generation with `baseline`: on the whole test split,
+    the base model's baseline, before training) and one checkpoint written under `scratch` (a
+    temporary folder by default). Returns the times and the Trial, open, for reuse."""
+    if steps < 1 or warmup < 0:
+        raise AutoftError(f"the probe needs at least 1 timed step, got {steps}", "pass steps=1 or more")
+    if factory is None:
+        from autoft.autotrain.trainer import Trial as factory  # noqa: N813
+    t0 = time.perf_counter()
+    trial = factory.from_spec(spec, bundle, dict(hparams or {}), lr_schedule="constant")
+    try:
+        trial._encode("validation")  # every trial tokenises it before its first evaluation
+        build_s = time.perf_counter() - t0
+        base, eval_s, n_eval = None, None, 0
+        if baseline and trial.task != "classification":
+            t = time.perf_counter()
+            base = trial.baseline_eval("test")  # the base model, before any step
+            n_eval = int(base.get("examples") or 0)
+            eval_s = (time.perf_counter() - t) / max(1, n_eval)
+        if warmup:
+            trial.train(warmup)
+        times, samples, tokens = [], 0, 0
+        for _ in range(steps):
+            res = trial.train(1)
+            times.append(float(res["seconds"]))
+            samples += int(res["samples"])
+            tokens += int(res["tokens"])
+        rng = _get_rng(trial)
+        if eval_s is None:
+            t = time.perf_counter()
+            ev = trial.evaluate("validation", max_examples=eval_examples)
+            n_eval = int(ev.get("examples") or min(eval_examples, len(trial._encode("validation"))))
+            eval_s = (time.perf_counter() - t) / max(1, n_eval)
+        ckpt_s = _time_checkpoint(trial, scratch)
+    except BaseException:
+        trial.close()
+        raise
+    return ProbeResult(step_s=statistics.median(times), step_times=times, warmup_steps=warmup, build_s=build_s,
+                       eval_s_per_example=eval_s, eval_examples=n_eval, checkpoint_s=ckpt_s,
+                       samples_per_s=samples / max(sum(times), 1e-9), tokens_per_example=tokens / max(1, samples),
+                       batch_size=trial.batch_size, grad_accum=trial.grad_accum, device=str(trial.device),
+                       baseline=base, steps_done=trial.steps_done, trial=trial, rng=rng)
+
+
+def _get_rng(trial) -> dict:
+    import torch
+
+    cuda = trial.device.type == "cuda"
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else None}
+
+
+def _set_rng(state: dict | None) -> None:
+    if not state:
+        return
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _time_checkpoint(trial, scratch: str | None) -> float:
+    folder = Path(tempfile.mkdtemp(prefix="autoft-probe-", dir=scratch))
+    try:
+        t = time.perf_counter()
+        trial.save_checkpoint(folder / "ckpt")
+        return time.perf_counter() - t
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class ProbedFactory:
+    """A trial factory (for `run_search` or the final run) that hands out the probed Trial for
+    the first `from_spec` with the probe's spec and configuration, with the schedule that call
+    asks for, and builds every other Trial with `factory`. Attribute access (load_checkpoint, ...)
+    goes to `factory`."""
+
+    def __init__(self, factory: Any, result: ProbeResult, spec):
+        self._factory, self._result, self._spec = factory, result, spec
+        self._hparams = _comparable(result.trial.hparams) if result.trial is not None else None
+
+    def from_spec(self, spec, bundle: Any, hparams: dict, **schedule):
+        r = self._result
+        if r.trial is not None and spec == self._spec and _comparable(hparams) == self._hparams:
+            trial = r.reuse(lr_schedule=schedule.get("lr_schedule", "constant"),
+                            total_steps=schedule.get("total_steps"), warmup_steps=hparams.get("warmup_steps"),
+                            decay_start=schedule.get("decay_start"))
+            if "max_eval_examples" in schedule:  # the final run evaluates test and baseline whole
+                trial.max_eval_examples = schedule["max_eval_examples"]
+                trial.args["max_eval_examples"] = schedule["max_eval_examples"]
+            return trial
+        return self._factory.from_spec(spec, bundle, hparams, **schedule)
+
+    def __getattr__(self, name: str):
+        return getattr(self._factory, name)
+
+
+def _comparable(hparams: dict) -> dict:
+    """Hyperparameters that make two trials the same configuration (warmup is the schedule's)."""
+    return {k: v for k, v in hparams.items() if k not in ("warmup_steps", "warmup_ratio")}
+
+
+def measure_recommendation(rec: dict, bundle, *, device: str = "cpu", warmup: int = 1, steps: int = 3,
+                           seed: int = 0) -> dict:
+    """`autoft advise --measure`: time the recommended setting on this machine with the real model
+    and data, and say it as a `Recommendation.speed` dict (method "probe"): examples per second,
+    seconds per optimizer step and per epoch."""
+    from autoft.advisor.recommend import Recommendation
+    from autoft.autotrain.options import RunOptions
+    from autoft.autotrain.plan import make_plan
+    from autoft.autotrain.schedule import trial_hparams
+
+    plan = make_plan(Recommendation.from_dict(rec), RunOptions(seed=seed, no_search=True), bundle,
+                     task=rec["task"], device=device)  # what a run without a search trains
+    r = probe(plan.trial, bundle, trial_hparams(plan.base_config, 0), warmup=warmup, steps=steps, baseline=False)
+    r.close()
+    n, eff = len(bundle.splits["train"]), plan.trial.effective_batch
+    return {"examples_per_s": round(eff / r.step_s, 4), "step_s": round(r.step_s, 4),
+            "epoch_s": round(math.ceil(n / eff) * r.step_s, 2), "tokens_per_example": round(r.tokens_per_example, 1),
+            "tokens_assumed": f"measured on {r.steps_done} optimizer steps of your data ({r.tokens_per_example:.0f} "
+            "tokens per example)", "utilisation": None, "bound": None, "device": device,
+            "assumption": f"measured: median of {len(r.step_times)} timed steps after {r.warmup_steps} warm-up "
+            f"step(s), {r.step_s:.3g} s each", "method": "probe", "probe": r.to_dict()}

@@ -1,0 +1,183 @@
+"""The time-budget planner and re-planner as pure functions (autotrain/budget.py): budget -> plan,
+more budget never less work, the refusal of a budget too small with the least budget that works,
+and re-planning from slower measured times."""
+from __future__ import annotations
+
+import pytest
+
+from autoft.autotrain.budget import (BudgetSettings, Measured, fmt_budget, least_budget, plan_budget, replan,
+                                     search_rungs)
+from autoft.autotrain.schedule import continued_cost_steps, parse_duration, search_step_cap
+from autoft.errors import AutoftError
+
+M = Measured(step_s=0.5, eval_s_per_example=0.01, trial_overhead_s=3.0, save_s=2.0)
+S = BudgetSettings(final_steps_wanted=800, n_val=872, n_test=1821, max_configs=9)
+BUDGETS = [80, 100, 150, 240, 360, 480, 600, 750, 900, 1050, 1200, 1500, 1800, 2400, 3600, 7200]
+
+
+def test_every_plan_fits_its_budget_with_the_margin():
+    for t in BUDGETS:
+        p = plan_budget(t, M, S, elapsed_s=5.0)
+        assert p.total_s <= (1 - S.margin) * t + 1e-9, t
+        assert p.phases["spent"] == 5.0
+        assert p.final_steps <= S.final_steps_wanted and p.n_configs <= S.max_configs
+
+
+def test_more_budget_never_plans_less_work():
+    plans = [plan_budget(t, M, S) for t in BUDGETS]
+    for a, b in zip(plans, plans[1:]):
+        assert b.final_steps >= a.final_steps
+        assert b.n_configs >= a.n_configs
+        assert b.search_steps + b.final_steps - b.winner_steps >= a.search_steps + a.final_steps - a.winner_steps
+        assert b.total_s >= a.total_s - 1e-9
+    assert plans[0].n_configs == 1 and plans[-1].n_configs == S.max_configs
+    assert plans[-1].final_steps == S.final_steps_wanted
+
+
+def test_the_final_run_first_then_a_first_rung_of_100_then_more_configurations():
+    seen_search = False
+    for t in range(60, 4000, 20):
+        try:
+            p = plan_budget(t, M, S)
+        except AutoftError:
+            continue
+        if not p.search:
+            assert not seen_search  # the search, once there, does not disappear with more budget
+            continue
+        seen_search = True
+        assert p.final_steps == S.final_steps_wanted  # a search only when the whole final run fits
+        if p.n_configs > min(S.eta, S.max_configs):
+            assert p.rungs[0].budget_steps == S.rung_target  # more configurations only at a 100-step rung
+        assert p.rungs[0].budget_steps >= S.min_rung
+        assert all(r.budget_steps <= search_step_cap(p.final_steps) for r in p.rungs)
+    assert seen_search
+
+
+def test_search_rungs_match_the_search_and_the_continued_cost():
+    rungs = search_rungs(9, 3, 100, 800)
+    assert [(r.n_trials, r.budget_steps) for r in rungs] == [(9, 100), (3, 300)]  # the single last rung is dropped
+    assert search_rungs(9, 3, 100, 300) == search_rungs(9, 3, 100, 300)[:1]  # capped at 80% of F: 240
+    assert search_rungs(1, 3, 100, 800) == [] and search_rungs(3, 3, 100, 110) == []
+    p = plan_budget(3600, M, S)
+    train_steps = (p.phases["search"] - sum(r.n_trials * (M.trial_overhead_s + p.val_examples * M.eval_s_per_example)
+                                            for r in p.rungs)) / M.step_s
+    assert train_steps == pytest.approx(sum(r.cost_steps for r in p.rungs))
+    assert p.search_steps + p.final_steps - p.winner_steps == continued_cost_steps(p.rungs, p.final_steps)
+
+
+def test_only_the_final_run_fits_skips_the_search_with_a_warning():
+    p = plan_budget(300, M, S)
+    assert not p.search and p.n_configs == 1 and 30 <= p.final_steps < S.final_steps_wanted
+    assert any(w.startswith("search skipped") for w in p.warnings)
+    assert "search: none" in p.text()
+    alone = plan_budget(300, M, BudgetSettings(final_steps_wanted=800, n_val=872, n_test=1821, max_configs=1))
+    assert not any("search skipped" in w for w in alone.warnings)  # --no-search: nothing to warn about
+
+
+def test_a_budget_too_small_is_refused_with_the_least_budget_that_works():
+    least = least_budget(M, S, elapsed_s=5.0)
+    plan_budget(least, M, S, elapsed_s=5.0)  # the least budget is accepted...
+    with pytest.raises(AutoftError) as err:
+        plan_budget(least - 10, M, S, elapsed_s=5.0)  # ...and below it refused
+    text = str(err.value)
+    assert "\n" not in text and "too small" in text and "30 optimizer steps" in text
+    assert f"--time-budget {fmt_budget(least)}" in text
+    assert parse_duration(fmt_budget(least)) == least
+    with pytest.raises(AutoftError, match="positive"):
+        plan_budget(0, M, S)
+
+
+def test_plan_text_and_dict_say_predicted_and_actual_per_phase():
+    p = plan_budget(1800, M, S)
+    text = p.text()
+    assert text.startswith("search: 9 configurations, rungs of 100 and 300 steps, about ")
+    assert "final run: 800 steps (continuing the winner from step 300), about " in text
+    assert "evaluation: about 27 s" in text
+    p.record("search", 700.0)
+    d = p.to_dict()
+    assert d["phases"]["search"] == {"predicted_s": round(p.phases["search"], 1), "actual_s": 700.0}
+    assert d["phases"]["final"]["actual_s"] is None and d["n_configs"] == 9 and d["continued_from_step"] == 300
+    assert d["predicted_total_s"] == pytest.approx(p.total_s, abs=0.1)
+
+
+def test_final_evaluations_are_fewer_when_one_costs_more_than_its_share():
+    cheap = plan_budget(3600, Measured(step_s=0.5, eval_s_per_example=0.001), S)
+    assert cheap.eval_every == 80  # 10 validation passes over 800 steps
+    dear = plan_budget(3600, M, S)  # one pass over 872 examples: 8.7 s, 15% of 800 x 0.5 s allows 6
+    assert dear.eval_every == 134
+    slow_eval = plan_budget(3600 * 4, Measured(step_s=0.5, eval_s_per_example=0.2), S)
+    assert slow_eval.eval_every == 800  # one pass costs more than its share: a single validation
+
+
+def test_replan_with_the_probed_times_changes_nothing():
+    p = plan_budget(1800, M, S)
+    spent = p.phases["spent"] + p.rungs[0].n_trials * (100 * M.step_s + M.trial_overhead_s + p.val_examples * 0.01)
+    q = replan(p, M, elapsed_s=spent, rungs_done=1)
+    assert (q.rungs, q.final_steps) == (p.rungs, p.final_steps) and q.warnings == p.warnings
+    assert q.replans == 1
+
+
+def test_replan_when_slower_promotes_fewer_before_shortening_the_final_run():
+    p = plan_budget(1200, M, S)  # 8 configurations in rungs of 100 and 300 steps: little slack
+    assert [(r.n_trials, r.budget_steps) for r in p.rungs] == [(8, 100), (2, 300)]
+    slow = Measured(step_s=0.55, eval_s_per_example=0.01, trial_overhead_s=3.0, save_s=2.0)
+    spent = p.rungs[0].n_trials * (100 * slow.step_s + 3.0 + p.val_examples * 0.01)
+    q = replan(p, slow, elapsed_s=spent, rungs_done=1)
+    assert q.total_s <= (1 - S.margin) * 1200
+    assert q.final_steps == p.final_steps  # the cut is in the search first...
+    assert q.rungs[:1] == p.rungs[:1] and (len(q.rungs) < len(p.rungs) or q.rungs[1].n_trials < p.rungs[1].n_trials)
+    assert any(w.startswith("re-planned after rung 1") for w in q.warnings)
+    much = Measured(step_s=0.7, eval_s_per_example=0.01, trial_overhead_s=3.0, save_s=2.0)
+    spent = p.rungs[0].n_trials * (100 * much.step_s + 3.0 + p.val_examples * 0.01)
+    r = replan(p, much, elapsed_s=spent, rungs_done=1)
+    assert r.rungs == p.rungs[:1] and 400 < r.final_steps < p.final_steps  # ...then the final run
+    assert r.total_s <= (1 - S.margin) * 1200 and "shortened" in r.warnings[-1]
+
+
+def test_replan_never_plans_nothing_and_never_more_than_planned():
+    p = plan_budget(1800, M, S)
+    fast = Measured(step_s=0.1, eval_s_per_example=0.001, trial_overhead_s=0.5, save_s=0.5)
+    assert replan(p, fast, 10.0).final_steps == p.final_steps and replan(p, fast, 10.0).rungs == p.rungs
+    out = replan(p, M, elapsed_s=1800.0, rungs_done=2)  # the budget is gone before the final run
+    assert out.final_steps == p.winner_steps + 1 and out.rungs == p.rungs  # still trains and saves
+
+
+def test_replan_during_the_final_run_shortens_what_is_left():
+    p = plan_budget(1800, M, S)
+    slow = Measured(step_s=1.0, eval_s_per_example=0.01, trial_overhead_s=3.0, save_s=2.0)
+    q = replan(p, slow, elapsed_s=1300.0, final_steps_done=500)
+    assert q.rungs == p.rungs and 500 < q.final_steps < p.final_steps
+    # only the steps still to train (and their share of validation passes) are counted
+    assert (q.final_steps - 500) * slow.step_s <= q.phases["final"] < (q.final_steps - p.winner_steps) * slow.step_s
+    assert q.total_s <= (1 - S.margin) * 1800 and "for the final run" in q.warnings[-1]
+    gone = replan(p, slow, elapsed_s=1800.0, final_steps_done=500)
+    assert gone.final_steps == 501  # out of time: stop at the next step, evaluate and save
+
+
+def test_the_plans_rungs_are_the_searchs_rungs():
+    from autoft.autotrain.search import SearchSettings, plan_rungs
+
+    for n, r, f in ((9, 100, 800), (6, 50, 400), (4, 100, 500), (27, 30, 1000), (3, 100, 130)):
+        want = plan_rungs(SearchSettings(n_trials=n, eta=3, min_steps=r, max_steps=search_step_cap(f)))
+        assert search_rungs(n, 3, r, f) == want, (n, r, f)
+
+
+def test_without_a_budget_the_plan_is_the_whole_run_and_its_duration():
+    import math
+
+    p = plan_budget(math.inf, M, S)
+    assert p.n_configs == 9 and p.final_steps == 800 and p.rungs[0].budget_steps == 100
+    assert p.text().endswith("in all)") and p.to_dict()["budget_s"] is None
+
+
+def test_measured_step_time_from_the_search_records():
+    from autoft.autotrain.budget import measured_from_trials
+
+    p = plan_budget(1800, M, S)
+    one = M.trial_overhead_s + p.val_examples * M.eval_s_per_example
+    recs = [{"trial": t, "rung": 0, "seconds": 100 * 0.7 + one} for t in range(9)]
+    m = measured_from_trials(recs, p.rungs, M, p.val_examples)
+    assert m.step_s == pytest.approx(0.7) and m.eval_s_per_example == M.eval_s_per_example
+    assert measured_from_trials([], p.rungs, M, p.val_examples) is M
+    fast = [{"trial": 0, "rung": 0, "seconds": one}]  # all overhead: the probe's figure bounds it
+    assert measured_from_trials(fast, p.rungs, M, p.val_examples).step_s == pytest.approx(0.5 * M.step_s)
