@@ -42,6 +42,8 @@ def find_layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     `decoder.layers`). A stack is a ModuleList of identical blocks holding at least a third of the
     parameters of the largest one (an encoder stack holds about 3/4 of its decoder's, which adds
     cross-attention). Encoder first, in module order."""
+    from torch import nn
+
     best_name, best = find_layers(model)
     top = sum(p.numel() for p in best.parameters())
     out = []
