@@ -283,7 +283,6 @@ def transient_bytes(spec: ModelSpec, setup: TrainSetup, fl: Flow, backward: bool
         held += 2 * 4 * h
     if fl.base == "train":
         return held + scores
-    f, q_w = spec.intermediate_size, spec.num_attention_heads * spec.head_size
     x_bytes = {"o": fl.compute, "down": fl.mlp}  # other roles read the LayerNorm's fp32 output
     worst = 0.0
     for role, d_in, d_out in block_linears(spec):

@@ -56,18 +56,13 @@ def optimizer_step(model, micro_batches: Iterable[dict], *, optimizer, scheduler
 
 def prepare_model(model, info, tech_config, task: str, gradient_checkpointing: bool,
                   after_apply: Callable | None = None):
-    """Turn a loaded model into the trained one, as `Trial.__init__` does: no KV cache, gradient
-    checkpointing (non-reentrant; QLoRA's k-bit preparation turns it on itself), the technique
-    applied, and every trainable weight an fp32 master (a LoRA head copied from a bf16 base, for
-    instance). `after_apply(model)` runs between the technique and the fp32 cast (the tracer uses
-    it). Returns (model, trainable parameters)."""
-    model.config.use_cache = False
-    if gradient_checkpointing and not info.quantized:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if info.quantized:
-        model = info.module.apply(model, tech_config, task, gradient_checkpointing)
-    else:
-        model = info.module.apply(model, tech_config, task)
+    """Turn a loaded model into the trained one, as `Trial.__init__` does (it calls this): no KV
+    cache, the technique applied (it turns non-reentrant gradient checkpointing on when asked), and
+    every trainable weight an fp32 master (a LoRA head copied from a bf16 base, for instance; the
+    forward runs in bf16/fp16 through autocast). `after_apply(model)` runs between the technique
+    and the fp32 cast (the tracer uses it). Returns (model, trainable parameters)."""
+    model.config.use_cache = False  # no KV cache while training (generate() turns it on)
+    model = info.module.apply(model, tech_config, task, gradient_checkpointing)
     if after_apply is not None:
         after_apply(model)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,6 @@ from torch import nn
 
 from autoft.advisor.spec import ModelSpec, TrainSetup
 from autoft.errors import AutoftError
-
 
 
 @dataclass
@@ -390,6 +388,9 @@ def trace_memory(model: Any, setup: TrainSetup, *, steps: int = 1, warm: bool = 
     t0 = time.perf_counter()
     cuda = setup.device == "cuda" if emulate_cuda is None else emulate_cuda
     config, label = model_config(model, trust_remote_code)
+    if getattr(config, "is_encoder_decoder", False):
+        raise AutoftError(f"the tracer does not build encoder-decoders yet ({config.model_type}: {label})",
+                          "use the analytic estimate (autoft estimate without --trace) for this model")
     counter = StepCounter(round_to=512 if cuda else 1)  # (CUDA's allocator rounds to 512 B)
     with FakeTensorMode() as fake, _quiet(), _fake_parameter_moves():
         run = _build_run(config, setup, fake, counter, cuda)

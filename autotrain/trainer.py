@@ -115,6 +115,7 @@ class Trial:
                  problem_type: str | None = None, target_len: int | None = None):
         from autoft.autotrain import tasks
         from autoft.autotrain.models import load_model_and_tokenizer
+        from autoft.autotrain.step import prepare_model
         from autoft.autotrain.techniques import get_technique, make_config
 
         hparams = dict(hparams or {})
@@ -171,18 +172,12 @@ class Trial:
             model_dropout=hparams.get("model_dropout"))
         # segment ids only for models that have segment embeddings (BERT-style pairs)
         self._token_types = int(getattr(model.config, "type_vocab_size", 0) or 0) >= 2
-        model.config.use_cache = False  # no KV cache while training (generate() turns it on)
-        model = self.info.module.apply(model, self.tech_config, task, gradient_checkpointing)
+        # no KV cache, the technique, fp32 masters of the trainable weights (shared with the tracer)
+        model, self.params = prepare_model(model, self.info, self.tech_config, task, gradient_checkpointing)
         self.model = model
         # how records become tensors: classification, generation (decoders, seq2seq tasks too) or
         # seq2seq (an encoder-decoder)
         self.kind = tasks.encoding_kind(task, model.config)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        # Trainable weights are fp32 masters whatever the base is stored in (a LoRA head copied
-        # from a bf16 base, for instance); the forward runs in bf16/fp16 through autocast.
-        for p in self.params:
-            if p.dtype != torch.float32:
-                p.data = p.data.float()
         if not self.params:
             raise AutoftError(f"technique {technique} left nothing to train", "check its settings")
         self.train_module = model  # what the training loop calls (a DistributedTrial: its DDP wrapper)
@@ -242,12 +237,9 @@ class Trial:
 
     # -- construction helpers --------------------------------------------------------------------
     def _make_optimizer(self, groups: list[dict], name: str):
-        if name == "adamw":
-            fused = self.device.type == "cuda"
-            return torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
-        import bitsandbytes as bnb
-        cls = bnb.optim.PagedAdamW8bit if name == "paged-adamw-8bit" else bnb.optim.AdamW8bit
-        return cls(groups, lr=self.lr)
+        from autoft.autotrain.step import make_optimizer  # (shared with the tracer)
+
+        return make_optimizer(groups, name, self.lr, self.device.type)
 
     def _lr_factor(self, step: int) -> float:
         """Multiplier of the base LR at optimizer step `step`: linear warmup, then constant
