@@ -173,3 +173,18 @@ def test_cli_trace_errors_are_one_line(capsys, tmp_path, extra, needle):
                  "--trace", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("autoft: error: ") and needle in err[0]
+
+
+def test_advise_verify_traces_the_recommended_setting(capsys):
+    from autoft.cli import main
+
+    assert main(["advise", "--model", "google-bert/bert-base-uncased", "--task", "classification", "--data-size", "500",
+                 "--gpu", "T4", "--technique", "lora", "--batch-size", "2", "--seq-len", "64", "--verify", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    v = d["verify"]
+    assert v["seconds"] > 0 and v["traced_tensor_bytes"] > 0
+    assert d["technique"] == "lora" and d["batch_size"] == 2  # what was traced is what was recommended
+    # the recommendation's own prediction, less the GPU-only terms, is the traced one's other column
+    gpu_only = d["estimate"]["breakdown_gib"]["cuda_context"] + d["estimate"]["breakdown_gib"]["allocator_margin"]
+    assert v["analytic_tensor_bytes"] / 1024**3 == pytest.approx(d["estimate"]["peak_gib"] - gpu_only, abs=0.01)
+    assert abs(v["difference"]) <= 0.08  # a BERT-shaped LoRA plan: within issue 16's goal
