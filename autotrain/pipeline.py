@@ -368,6 +368,8 @@ def search_step(plan: RunPlan, bundle, out: Path, progress: Progress, trial_fact
                           trial_factory=trial_factory, base_config=plan.base_config,
                           on_rung_end=keeper.after_rung if keeper is not None and keeper.budgeted else None)
     except SearchOutOfTime as err:
+        progress.emit("warning", text=f"{err.what}: the recommended configuration trains without a search")
+        return dict(plan.base_config), None, None
     start = Start(res.best_trial, res.best_checkpoint, res.best_steps) if res.best_checkpoint else None
     return dict(res.best_config), start, res
 
