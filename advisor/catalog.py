@@ -34,6 +34,9 @@ PLAIN_MLP_DECODERS = {"gpt2", "gpt_neox", "gptj", "opt", "phi", "falcon", "bloom
 QKV_BIAS = {"qwen2"}  # q, k, v projections carry biases
 NORMS_PER_LAYER = {"gemma2": 4}  # gemma2: input, post-attention, pre- and post-feedforward norms
 QK_NORM = {"qwen3"}  # per-head RMSNorm on q and k (head_dim each)
+# Model types whose parameter count count_params_from computes by their own rules; any other type
+# is counted by the generic Llama-style rules, which must be checked against the weights.
+COUNTED_TYPES = set(BERT_LIKE) | {"modernbert"} | GATED_DECODERS | PLAIN_MLP_DECODERS
 # Encoder-decoders. T5-style: no biases, RMSNorm weight only, a relative position bias table in the
 # first block of each stack. BART-style (bart, mbart, marian, pegasus): biases everywhere,
 # LayerNorms with bias, learned positions (BART: max_positions + 2 rows per stack) or sinusoidal
@@ -289,11 +292,24 @@ def spec_from_config(cfg: dict, model_id: str, source: str = "local", params: in
         model_type not in GATED_DECODERS and not cfg.get("is_decoder", False) and "CausalLM" not in archs
         and "type_vocab_size" in cfg)
     family = "encoder" if encoder else "decoder"
-    counted = count_params_from(model_type, hidden, layers, heads, kv, inter, vocab, max_pos, bool(tied), head_dim)
+    count = lambda f: count_params_from(model_type, hidden, layers, heads, kv, f, vocab, max_pos,  # noqa: E731
+                                        bool(tied), head_dim)
+    counted = count(inter)
+    verified = model_type in COUNTED_TYPES
+    if params:
+        verified = True
+        if model_type not in COUNTED_TYPES and abs(counted - params) > 0.03 * params:
+            # generic rules got the count wrong: the one number they guess is the MLP's width
+            # (Qwen-7B's config gives twice the width its MLP uses); infer it from the true count
+            base, per_unit = count(0), count(1) - count(0)
+            width = round((params - base) / per_unit) if per_unit > 0 else 0
+            width = round(width / 64) * 64 if width >= 640 else width  # widths come in multiples of 64
+            if 0.2 * inter <= width <= 2 * inter:
+                inter = width
     return ModelSpec(id=model_id, model_type=model_type, params=int(params or counted), hidden_size=hidden,
                      num_layers=layers, num_attention_heads=heads, num_kv_heads=kv, intermediate_size=inter,
                      vocab_size=vocab, max_positions=max_pos, tied_embeddings=bool(tied), family=family,
-                     head_dim=head_dim, source=source, **meta)
+                     head_dim=head_dim, source=source, params_verified=verified, **meta)
 
 
 def read_config(path: str | os.PathLike) -> dict:
@@ -330,6 +346,30 @@ def _safetensors_params(folder: Path) -> int | None:
     return total or None
 
 
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+def _index_params(folder: Path, cfg: dict) -> int | None:
+    """Parameter count from a sharded checkpoint's index (model.safetensors.index.json:
+    metadata.total_size, in bytes) when the shards themselves are absent. Bytes per parameter
+    from config.json's dtype; without one, the 2 or 4 bytes that come nearest the config's count."""
+    for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        try:
+            with open(folder / name, encoding="utf-8") as fh:
+                total = int(json.load(fh)["metadata"]["total_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        per = _DTYPE_BYTES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or "").replace("torch.", ""))
+        if per is None:
+            try:
+                guess = spec_from_config(cfg, "index").params
+            except AutoftError:
+                return None
+            per = min((2, 4), key=lambda b: abs(total / b - guess))
+        return total // per
+    return None
+
+
 def spec_from_folder(folder: str | os.PathLike) -> ModelSpec:
     folder = Path(folder)
     cfg_path = folder / "config.json"
@@ -339,7 +379,8 @@ def spec_from_folder(folder: str | os.PathLike) -> ModelSpec:
             return spec_from_gguf(ggufs[0])
         raise AutoftError(f"{folder} has no config.json" + (" and several .gguf files" if ggufs else ""),
                           "pass a model folder saved with save_pretrained, a config.json or one .gguf file")
-    return spec_from_config(read_config(cfg_path), str(folder), params=_safetensors_params(folder),
+    cfg = read_config(cfg_path)
+    return spec_from_config(cfg, str(folder), params=_safetensors_params(folder) or _index_params(folder, cfg),
                             languages=["unknown"])
 
 
@@ -494,9 +535,12 @@ def resolve_model(id_or_path: str, trust_remote_code: bool = False) -> ModelSpec
         if path.suffix == ".gguf":
             return spec_from_gguf(path)
         if path.suffix == ".json":
-            return spec_from_config(read_config(path), str(path.parent if path.name == "config.json" else path),
-                                    params=_safetensors_params(path.parent) if path.name == "config.json" else None,
-                                    languages=["unknown"])
+            cfg = read_config(path)
+            weights = None
+            if path.name == "config.json":
+                weights = _safetensors_params(path.parent) or _index_params(path.parent, cfg)
+            return spec_from_config(cfg, str(path.parent if path.name == "config.json" else path),
+                                    params=weights, languages=["unknown"])
         raise AutoftError(f"cannot read a model from the file {path}",
                           "pass a model folder, its config.json or a .gguf file")
     looks_local = name.startswith((".", "/", "~")) or name.endswith((".json", ".gguf")) or os.sep + os.sep in name

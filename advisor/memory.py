@@ -304,6 +304,10 @@ def estimate(spec: ModelSpec, setup: TrainSetup, constants: Constants | None = N
     if setup.task in SEQ2SEQ_TASKS:  # a decoder reads source and target as one seq_len sequence
         setup = replace(setup, task="generation")
     notes: list[str] = []
+    if not spec.params_verified:
+        notes.append(f"{spec.id}: {spec.params / 1e9:.2f}B parameters counted from config.json by generic rules "
+                     f"(model type {spec.model_type!r}) and not checked against the weights: the estimate may be "
+                     "far off; give the folder with its safetensors (or their index) to check it")
     on_cpu = setup.device == "cpu"
     precision = "fp32" if on_cpu else setup.precision
     if on_cpu and setup.precision != "fp32":

@@ -64,6 +64,9 @@ class ModelSpec:
     gated: bool = False
     downloads: int | None = None  # from the Hub, when known
     source: str = "catalog"  # catalog | hub | local | cache
+    # False: `params` was counted from config.json by generic rules (a model type autoft does not
+    # know) and could not be checked against the weights (safetensors headers or index, the Hub)
+    params_verified: bool = True
     # encoder-decoder only: num_layers counts the encoder's blocks, this the decoder's
     num_decoder_layers: int | None = None
     # the MLP is gated (T5 v1.1 / Flan-T5 / mT5 "gated-gelu"); None: known from model_type
@@ -152,6 +155,9 @@ class TrainSetup:
     attention: Literal["sdpa", "eager"] = "sdpa"
     chunked_loss: bool = False
     device: Literal["cuda", "cpu"] = "cuda"
+    # micro-batches per optimizer step; None: not known yet (the advisor sizes the micro-batch
+    # first), counted as accumulating: gradients of earlier micro-batches live through the forward
+    grad_accum: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("technique", self.technique, TECHNIQUES)
@@ -163,6 +169,7 @@ class TrainSetup:
         check_at_least("--target-len", self.target_len, 1, fix="pass --target-len 64 or more")
         check_at_least("--lora-rank", self.lora_rank, 1, fix="pass --lora-rank 8, 16 or 64")
         check_at_least("--freeze-layers", self.freeze_layers, 0, fix="pass the number of bottom layers to freeze")
+        check_at_least("--grad-accum", self.grad_accum, 1)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -88,6 +88,14 @@ class _quiet_loading:
         return False
 
 
+def weights_dtype(technique: str, precision: str) -> str:
+    """torch dtype name the weights are loaded in: fp32 masters for full/freeze; the training
+    precision for an adapter technique's frozen base (lora; qlora's unquantised rest)."""
+    from autoft.autotrain.techniques import get_technique
+
+    return DTYPES[precision] if get_technique(technique).peft else "float32"
+
+
 def _has_classifier(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 
@@ -141,9 +149,7 @@ def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: i
     tok = load_tokenizer(source, trust_remote_code=trust_remote_code)
     path, kw = resolve_source(source)
     kw["trust_remote_code"] = trust_remote_code
-    dtype = torch.float32
-    if info.peft and precision != "fp32":
-        dtype = getattr(torch, DTYPES[precision])
+    dtype = getattr(torch, weights_dtype(technique, precision))
     quantized = info.quantized and quantization is not False
     if quantized:
         if quantization is None:

@@ -115,6 +115,7 @@ class Trial:
                  problem_type: str | None = None, target_len: int | None = None):
         from autoft.autotrain import tasks
         from autoft.autotrain.models import load_model_and_tokenizer
+        from autoft.autotrain.step import prepare_model
         from autoft.autotrain.techniques import get_technique, make_config
 
         hparams = dict(hparams or {})
@@ -171,18 +172,12 @@ class Trial:
             model_dropout=hparams.get("model_dropout"))
         # segment ids only for models that have segment embeddings (BERT-style pairs)
         self._token_types = int(getattr(model.config, "type_vocab_size", 0) or 0) >= 2
-        model.config.use_cache = False  # no KV cache while training (generate() turns it on)
-        model = self.info.module.apply(model, self.tech_config, task, gradient_checkpointing)
+        # no KV cache, the technique, fp32 masters of the trainable weights (shared with the tracer)
+        model, self.params = prepare_model(model, self.info, self.tech_config, task, gradient_checkpointing)
         self.model = model
         # how records become tensors: classification, generation (decoders, seq2seq tasks too) or
         # seq2seq (an encoder-decoder)
         self.kind = tasks.encoding_kind(task, model.config)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        # Trainable weights are fp32 masters whatever the base is stored in (a LoRA head copied
-        # from a bf16 base, for instance); the forward runs in bf16/fp16 through autocast.
-        for p in self.params:
-            if p.dtype != torch.float32:
-                p.data = p.data.float()
         if not self.params:
             raise AutoftError(f"technique {technique} left nothing to train", "check its settings")
         self.train_module = model  # what the training loop calls (a DistributedTrial: its DDP wrapper)
@@ -242,12 +237,9 @@ class Trial:
 
     # -- construction helpers --------------------------------------------------------------------
     def _make_optimizer(self, groups: list[dict], name: str):
-        if name == "adamw":
-            fused = self.device.type == "cuda"
-            return torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
-        import bitsandbytes as bnb
-        cls = bnb.optim.PagedAdamW8bit if name == "paged-adamw-8bit" else bnb.optim.AdamW8bit
-        return cls(groups, lr=self.lr)
+        from autoft.autotrain.step import make_optimizer  # (shared with the tracer)
+
+        return make_optimizer(groups, name, self.lr, self.device.type)
 
     def _lr_factor(self, step: int) -> float:
         """Multiplier of the base LR at optimizer step `step`: linear warmup, then constant
@@ -471,6 +463,7 @@ class Trial:
     def _train(self, steps: int, on_step: Callable[[dict], None] | None) -> dict:
         """`train` without the back-off: an out-of-memory error rolls the half-done step back and
         propagates."""
+        from autoft.autotrain.step import optimizer_step
         from autoft.autotrain.tasks import collate
 
         if self.model is None:
@@ -489,40 +482,34 @@ class Trial:
         losses = torch.zeros(steps, device=self.device)  # stays on the device: no per-step sync
         t0, samples, tokens, last_read = time.perf_counter(), 0, 0, 0
         for s in range(steps):
-            step_start, step_samples, step_tokens = self.stream.position, 0, 0
-            try:
-                step_loss = torch.zeros((), device=self.device)
-                for k in range(self.grad_accum):
+            step_start = self.stream.position
+            counts = [0, 0]  # samples, tokens of this step
+
+            def micro_batches():
+                for _ in range(self.grad_accum):
                     # every process takes the same slice of the stream and trains on its share: the
                     # effective batch is batch_size x grad_accum x world_size
                     glob = self.stream.take(self.batch_size * self.world_size)
                     idx = glob[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
                     batch = collate((train[i] for i in idx), pad, self.kind)
-                    step_samples += len(glob)
-                    step_tokens += (batch["num_tokens"] if self.world_size == 1
-                                    else sum(len(train[i]["input_ids"]) for i in glob))
-                    with self._micro_step(k == self.grad_accum - 1):  # (forward and backward)
-                        with self._autocast():
-                            loss = self._loss(self._to_device(batch), model)
-                        scaled = loss / self.grad_accum
-                        (scaler.scale(scaled) if scaler else scaled).backward()
-                    step_loss += loss.detach().float()
-                if scaler:
-                    scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
-                if scaler:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+                    counts[0] += len(glob)
+                    counts[1] += (batch["num_tokens"] if self.world_size == 1
+                                  else sum(len(train[i]["input_ids"]) for i in glob))
+                    yield self._to_device(batch)
+
+            try:
+                # the step itself is shared with the memory tracer (autotrain/step.py)
+                step_loss = optimizer_step(model, micro_batches(), optimizer=opt, scheduler=sched, scaler=scaler,
+                                           params=self.params, clip_norm=self.clip_norm,
+                                           grad_accum=self.grad_accum, autocast=self._autocast,
+                                           loss_fn=lambda b: self._loss(b, model), micro_step=self._micro_step)
             except torch.OutOfMemoryError:
                 # Undo the half-done step so that a retry with a smaller micro-batch redoes it.
                 opt.zero_grad(set_to_none=True)
                 self.stream.position = step_start
                 self.stream._epoch = -1
                 raise
+            step_samples, step_tokens = counts
             losses[s] = step_loss / self.grad_accum
             self.steps_done += 1
             samples += step_samples

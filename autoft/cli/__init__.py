@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name in SUBCOMMANDS:
         mod = _load(name)
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,
+        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            epilog="examples:\n" + mod.EXAMPLES.rstrip(), formatter_class=_Formatter)
         mod.add_arguments(p)
         p.set_defaults(_module=name)

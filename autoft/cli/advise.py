@@ -14,6 +14,7 @@ EXAMPLES = """\
   autoft advise --model Qwen/Qwen2.5-7B-Instruct --batch-size 16 --gpu-memory 24GiB --force
   autoft advise --data ./mydata --json > recommendation.json   # the JSON `autoft run` reads
   autoft advise --data train.csv --gpu cpu --measure  # time a few real steps here: time per epoch
+  autoft advise --task generation --data-size 5000 --gpu T4 --verify   # trace the plan's memory first
 """
 
 _BAR = 28
@@ -33,6 +34,10 @@ def add_arguments(parser) -> None:
                         "recommended setting on this machine with the model and --data (the model must "
                         "be on disk or in the Hugging Face cache): the time per epoch is then measured, "
                         "not predicted; takes seconds to a minute")
+    parser.add_argument("--verify", action="store_true", help="before answering, trace the recommended "
+                        "setting's training step on fake tensors (autoft's own code, no GPU, no weights) and "
+                        "print its measured peak beside the prediction, with how long the trace took: a few "
+                        "seconds to a minute on 2 CPU cores (needs torch and transformers)")
 
 
 def _load(args):
@@ -66,6 +71,20 @@ def _measure(args, rec) -> dict:
     return measure_recommendation(rec.to_dict(), _load(args), device="cpu" if gpu["kind"] == "cpu" else "cuda")
 
 
+def _verify(rec) -> dict:
+    """--verify: the recommended setting traced on fake tensors, beside its prediction (one process)."""
+    from autoft.errors import AutoftError
+
+    if rec.strategy and (rec.gpu.get("count") or 1) > 1:
+        raise AutoftError("--verify traces one process's training step, not a sharded one",
+                          "drop --gpus (plan for one GPU) with --verify")
+    from autoft.advisor.memory import estimate
+    from autoft.autotrain.trace import side_by_side, trace_memory
+
+    spec, setup = rec.spec, rec.train_setup()
+    return side_by_side(estimate(spec, setup), trace_memory(spec, setup))
+
+
 def build_question(args):
     """The Question from the flags, with unset fields filled in from --data."""
     from autoft.cli._flags import question_from_args
@@ -96,7 +115,11 @@ def run(args) -> int:
     rec.warnings = list(dict.fromkeys(data_warnings + rec.warnings))
     if getattr(args, "measure", False):
         rec.speed = _measure(args, rec)
-    text = json.dumps(rec.to_dict(), indent=2) if args.json else render(rec)
+    verified = _verify(rec) if getattr(args, "verify", False) else None
+    if args.json:
+        text = json.dumps({**rec.to_dict(), **({"verify": verified} if verified else {})}, indent=2)
+    else:
+        text = render(rec) + ("\n" + _trace_text(verified) if verified else "")
     try:
         print(text)
         sys.stdout.flush()
@@ -108,6 +131,18 @@ def run(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # Human output
 # ---------------------------------------------------------------------------------------------
+
+def _trace_text(verified: dict) -> str:
+    import contextlib
+    import io
+
+    from autoft.cli.estimate import print_trace
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        print_trace(verified)
+    return buf.getvalue().rstrip()
+
 
 def _params(n: int) -> str:
     from autoft.advisor.units import fmt_params

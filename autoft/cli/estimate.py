@@ -7,6 +7,11 @@ import json
 from autoft.advisor.spec import OPTIMIZERS, PRECISIONS, TASKS, TECHNIQUES
 
 HELP = "predict the peak GPU memory (GiB) of a fine-tuning setup, term by term, before training"
+DESCRIPTION = """Predict the peak GPU memory of one fine-tuning setup, term by term, in milliseconds (no torch).
+--trace also runs autoft's own training step for the setup on fake tensors (shapes, no data: no GPU,
+no weights downloaded) and prints its measured peak beside the prediction: any architecture
+transformers can build from its config.json, including ones outside the catalog (MoE, new model
+types). A trace takes a few seconds to a minute on 2 CPU cores (about 1 ms per operator)."""
 EXAMPLES = """\
   autoft estimate --model meta-llama/Llama-3.1-8B --technique qlora --batch-size 4 --seq-len 2048
   autoft estimate --model Qwen/Qwen2.5-7B-Instruct --technique lora --batch-size 1 --seq-len 512 --gpu T4
@@ -19,6 +24,8 @@ EXAMPLES = """\
       --seq-len 512 --target-len 128 --gpu T4
   autoft estimate --model meta-llama/Llama-3.1-8B --technique full --gradient-checkpointing --batch-size 1 \\
       --seq-len 2048 --gpus 8 --strategy fsdp --gpu-memory 24GiB      # per-GPU memory, sharded over 8 GPUs
+  autoft estimate --model Qwen/Qwen2.5-0.5B-Instruct --technique lora --batch-size 4 --seq-len 1024 --trace
+  autoft estimate --model ./mixtral-like/config.json --technique qlora --batch-size 1 --seq-len 2048 --trace --json
 """
 
 
@@ -56,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--lora-rank", type=_int, default=16, metavar="R", help="LoRA rank (default 16)")
     s.add_argument("--lora-targets", choices=("all-linear", "attention"), default="all-linear",
                    help="LoRA on every linear layer (default) or on the attention q and v projections")
+    s.add_argument("--grad-accum", type=_int, default=None, metavar="N",
+                   help="--trace: micro-batches per optimizer step (default: unknown, traced as accumulating: "
+                        "gradients live through the forward; 1: they do not). The prediction always counts "
+                        "gradients and activations together")
     s.add_argument("--freeze-layers", type=_int, default=None, metavar="K",
                    help="freeze: bottom layers kept frozen (default: all but the top quarter)")
     s.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa",
@@ -73,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     x = h.add_mutually_exclusive_group()
     x.add_argument("--gpu", metavar="NAME", help="a GPU from the table (T4, A100-40GB, H100-80GB, RTX-4090, ...)")
     x.add_argument("--gpu-memory", metavar="SIZE", help="GPU memory, e.g. 24GiB or 16GB")
+    t = parser.add_argument_group("trace (measure instead of predict)")
+    t.add_argument("--trace", action="store_true",
+                   help="also trace autoft's training step on fake tensors and print the measured peak by kind "
+                        "beside the prediction (seconds to a minute on 2 cores; needs torch and transformers)")
+    t.add_argument("--trust-remote-code", action="store_true",
+                   help="--trace: let transformers run the model's own code (for model types it does not ship)")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
 
 
@@ -118,13 +135,17 @@ def run(args) -> int:
                        optimizer=args.optimizer, lora_rank=args.lora_rank, lora_targets=args.lora_targets,
                        freeze_layers=args.freeze_layers, num_labels=args.num_labels, attention=args.attention,
                        chunked_loss=args.chunked_loss, device="cpu" if args.cpu else "cuda",
-                       target_len=args.target_len)
+                       target_len=args.target_len, grad_accum=args.grad_accum)
     if args.gpus < 1:
         raise AutoftError(f"--gpus must be 1 or more, got {args.gpus}", "pass the number of GPUs")
     world, strategy = args.gpus, args.strategy
     if world > 1 and strategy == "fsdp" and fsdp_refusal(setup):
         raise AutoftError(fsdp_refusal(setup), "pass --strategy ddp or another --technique")
+    if args.trace and world > 1:
+        raise AutoftError("--trace traces one process's training step, not a sharded one",
+                          "drop --gpus (or pass --gpus 1) with --trace")
     est = per_gpu_estimate(spec, setup, world, strategy)
+    traced = _trace(args, setup, est) if args.trace else None
     notes = list(est.notes)
     if args.seq_len > spec.max_positions:
         notes.append(f"sequence length {args.seq_len} exceeds the model's {spec.max_positions} positions")
@@ -140,6 +161,8 @@ def run(args) -> int:
                "gpu": gpu_name, "gpu_memory_gib": round(memory / GIB, 3) if memory else None,
                "headroom_gib": round((memory - est.peak_bytes) / GIB, 3) if memory else None,
                "max_batch_size": best_bs, "gpus": world, "strategy": strategy if world > 1 else None}
+        if traced is not None:
+            out["trace"] = traced
         print(json.dumps(out, indent=2))
         return 0
     ck = "on" if ckpt else "off"
@@ -158,4 +181,29 @@ def run(args) -> int:
               f"largest batch within 90%: {best_bs}")
     for n in notes:
         print(f"note: {n}")
+    if traced is not None:
+        print_trace(traced)
     return 0
+
+
+def _trace(args, setup, est) -> dict:
+    from autoft.autotrain.trace import side_by_side, trace_memory
+
+    return side_by_side(est, trace_memory(args.model, setup, trust_remote_code=args.trust_remote_code))
+
+
+def print_trace(t: dict) -> None:
+    """The traced peak beside the analytic one (tensor-level, GiB). Shared with `advise --verify`."""
+    from autoft.advisor.units import GIB
+
+    print(f"traced on fake tensors in {t['seconds']:.1f} s (autoft's own step, CUDA behaviour emulated; "
+          f"peak in the {t['peak_phase']}):")
+    print(f"  {'':<22}{'predicted':>10}{'traced':>10}")
+    for r in t["rows"]:
+        print(f"  {r['term']:<22}{r['analytic_bytes'] / GIB:10.2f}{r['traced_bytes'] / GIB:10.2f} GiB")
+    print(f"  {'tensors at the peak':<22}{t['analytic_tensor_bytes'] / GIB:10.2f}"
+          f"{t['traced_tensor_bytes'] / GIB:10.2f} GiB  (prediction {100 * t['difference']:+.1f}%)")
+    print(f"  + CUDA context and allocator margin (not traced): {t['gpu_only_bytes'] / GIB:.2f} GiB -> "
+          f"traced peak {t['traced_peak_with_gpu_terms_bytes'] / GIB:.2f} GiB")
+    for n in t["notes"]:
+        print(f"  trace note: {n}")

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-HEAD_NAMES = ("classifier", "score")  # sequence-classification heads (BERT-style, decoder-style)
+# Sequence-classification heads, new at load time: BERT-style classifier, decoder-style score,
+# DistilBERT's pre_classifier (a new dense layer in front of its classifier).
+HEAD_NAMES = ("classifier", "score", "pre_classifier")
 
 
 def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:

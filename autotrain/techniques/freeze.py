@@ -49,10 +49,17 @@ def apply(model, config: FreezeConfig, task: str, gradient_checkpointing: bool =
     for pname, p in model.named_parameters():
         in_frozen_block = any((i := layer_index(pname, name)) is not None and i < k for name, _, k in stacks)
         frozen = (id(p) in embed_ids or "embeddings." in pname or "embed_tokens" in pname
-                  or "embed_positions" in pname or in_frozen_block)
+                  or "embed_positions" in pname or _feeds_every_layer(pname) or in_frozen_block)
         p.requires_grad_(not frozen)
     # A tied output head (lm_head == embed_tokens) stays frozen with the embeddings.
     return model
+
+
+def _feeds_every_layer(name: str) -> bool:
+    """Weights outside the blocks that every block reads, which would make backward run through
+    the frozen bottom layers (and keep their activations) if they trained: DeBERTa's norm of the
+    relative position embeddings (encoder.LayerNorm)."""
+    return ".encoder.LayerNorm." in name
 
 
 def trainable_parameter_groups(model, config: FreezeConfig, lr: float, weight_decay: float = 0.0) -> list[dict]:

@@ -50,6 +50,10 @@ def peft_config(model, config: LoraConfig, task: str):
     from peft import LoraConfig as PeftLoraConfig, TaskType
 
     heads = head_names(model) if task == "classification" else []
+    # "all-linear" leaves out the output layer (classifier / score) but not a new head in front of
+    # it (DistilBERT's pre_classifier): exclude that from the adapters, since it trains in full and
+    # peft matches modules_to_save by suffix ("pre_classifier" ends in "classifier")
+    inner = [h for h in heads if h not in ("classifier", "score")]
     if task == "classification":
         task_type = TaskType.SEQ_CLS
     elif getattr(model.config, "is_encoder_decoder", False):
@@ -60,6 +64,7 @@ def peft_config(model, config: LoraConfig, task: str):
         task_type=task_type,
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=target_modules(getattr(model.config, "model_type", ""), config.lora_targets),
+        exclude_modules=inner or None,
         modules_to_save=heads or None,
     )
 
