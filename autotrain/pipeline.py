@@ -306,7 +306,9 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
     """Time a few real steps of the first trial (it continues them), predict every phase, and with
     --time-budget choose the work that fits the whole run in it (or refuse a budget too small, with
     the least that works). Returns (plan, Keeper, ProbeResult)."""
-    progress.emit("stage", name="probe", detail="timing a few real steps (the first trial keeps them)")
+    base = (f"the base model's loss on the {len(bundle.splits['test'])} test examples (the baseline), then "
+            if plan.trial.task != "classification" else "")
+    progress.emit("stage", name="probe", detail=f"{base}timing a few real steps (the first trial keeps them)")
     # The probed Trial goes on as the first trial (or the final run): its steps stay before the
     # first rung's end, and before the final run's first validation, which must not be skipped.
     first = plan.search.min_steps if plan.search else min(plan.final_steps, plan.eval_every)
