@@ -64,12 +64,18 @@ class BudgetSettings:
     eta: int = 3
     rung_target: int = 100  # first rung to reach before more configurations (--min-steps fixes it)
     min_rung: int = 20  # a shorter first rung ranks warmup noise: no search below it
-    min_final_steps: int = 30  # the least training worth a run: refuse a budget that cannot fit it
+    # the least training worth a run: 10 optimizer steps keep a warmup step and a decay; a budget
+    # that cannot fit them (at the least accumulation) is refused
+    min_final_steps: int = 10
     margin: float = 0.10  # plan to (1 - margin) x budget
     val_examples: int | None = None  # cap on validation examples per in-training evaluation
     max_final_evals: int = 10  # validation passes in the final run (one every F / 10 steps)
     eval_share: float = 0.15  # the final run's validation passes may cost this share of its training
     baseline_examples: int = 0  # generation: test examples of the base-model baseline still to evaluate
+    grad_accum: int = 1  # the planned micro-batches per step: cut (never raised) when no useful run fits
+    min_grad_accum: int = 1  # the least accumulation allowed (several processes: one micro-batch each)
+    trained_steps: int = 0  # optimizer steps the probe trained that the first trial (or the final run) keeps
+    eval_cap: int | None = None  # examples per final evaluation pass the budget allows (eval_cap(); None: all)
 
     def __post_init__(self) -> None:
         if self.final_steps_wanted < 1 or self.eta < 2 or self.max_configs < 1:
@@ -97,6 +103,10 @@ class BudgetPlan:
     warnings: list[str] = field(default_factory=list)
     actual: dict[str, float] = field(default_factory=dict)  # measured seconds per phase, filled by the run
     replans: int = 0
+    grad_accum: int = 0  # micro-batches per step the plan trains with (0: settings.grad_accum)
+
+    def __post_init__(self) -> None:
+        self.grad_accum = self.grad_accum or self.settings.grad_accum
 
     @property
     def search(self) -> bool:
@@ -142,7 +152,8 @@ class BudgetPlan:
         return {"budget_s": None if math.isinf(self.budget_s) else self.budget_s, "margin": self.settings.margin, "n_configs": self.n_configs,
                 "eta": self.eta, "rungs": [asdict(r) for r in self.rungs], "final_steps": self.final_steps,
                 "continued_from_step": self.winner_steps, "eval_every": self.eval_every,
-                "val_examples": self.val_examples, "elapsed_s": round(self.elapsed_s, 2),
+                "val_examples": self.val_examples, "eval_examples": self.settings.eval_cap,
+                "grad_accum": self.grad_accum, "elapsed_s": round(self.elapsed_s, 2),
                 "phases": {k: {"predicted_s": round(v, 1), "actual_s": self.actual.get(k)} for k, v in self.phases.items()},
                 "predicted_total_s": round(self.total_s, 1),
                 "actual_total_s": round(sum(self.actual.values()), 1) if self.actual else None,
@@ -192,6 +203,10 @@ def _phases(rungs: list[Rung], final_steps: int, m: Measured, s: BudgetSettings,
     the final run has already trained (re-planning during it): only the rest is counted."""
     one_eval = val_n * m.eval_s_per_example
     search = sum(r.n_trials * (r.new_steps * m.step_s + m.trial_overhead_s + one_eval) for r in rungs)
+    if rungs and s.trained_steps:  # the first trial continues the probe's Trial and its steps
+        search -= min(s.trained_steps, rungs[0].new_steps) * m.step_s + m.trial_overhead_s
+    elif not rungs:  # the final run continues the probe's Trial: no build, its steps are trained
+        final_done = max(final_done, min(s.trained_steps, final_steps))
     start = max(rungs[-1].budget_steps if rungs else 0, final_done)
     evals = final_evals(final_steps, m, val_n, s)
     left = max(0.0, (final_steps - start) / max(1, final_steps))  # share of the passes still to come
@@ -228,12 +243,30 @@ def ladder(s: BudgetSettings) -> list[tuple[int, int, int]]:
 
 def plan_budget(budget_s: float, measured: Measured, settings: BudgetSettings, elapsed_s: float = 0.0) -> BudgetPlan:
     """The most work (highest ladder candidate) predicted to fit (1 - margin) x budget_s, time
-    already spent included. Raises AutoftError naming the least budget that works when not even
-    the least useful final run fits. budget_s = math.inf: the whole run as configured, with its
+    already spent included. When not even the least useful final run fits, gradient accumulation
+    is cut (halved, down to `min_grad_accum`: each step then costs that share of the measured one)
+    before giving up: a smaller effective batch beats no run. Raises AutoftError naming the least
+    budget that works when nothing fits. budget_s = math.inf: the whole run as configured, with its
     predicted duration (a run without --time-budget)."""
-    s, m = settings, measured
+    s = settings
     if budget_s is None or budget_s <= 0:
         raise AutoftError(f"the time budget must be positive, got {budget_s}", "pass --time-budget 30m")
+    for accum in accumulation_ladder(s.grad_accum, s.min_grad_accum):
+        m = _at_accum(measured, s.grad_accum, accum)
+        best = _most_work(budget_s, m, s, elapsed_s)
+        if best is not None:
+            break
+    else:
+        raise _too_small(budget_s, measured, s, _val_n(s), elapsed_s)
+    n, rungs, F, phases, every = best
+    plan = BudgetPlan(budget_s=budget_s, n_configs=n if rungs else 1, eta=s.eta, rungs=rungs, final_steps=F,
+                      eval_every=every, val_examples=_val_n(s), phases=phases, measured=m, settings=s,
+                      elapsed_s=elapsed_s, grad_accum=accum)
+    plan.warnings = _warnings(plan, measured)
+    return plan
+
+
+def _most_work(budget_s: float, m: Measured, s: BudgetSettings, elapsed_s: float):
     avail = (1 - s.margin) * budget_s
     val_n = _val_n(s)
     best = None
@@ -244,28 +277,60 @@ def plan_budget(budget_s: float, measured: Measured, settings: BudgetSettings, e
         phases, every = _phases(rungs, F, m, s, val_n, elapsed_s)
         if sum(phases.values()) <= avail:
             best = (n, rungs, F, phases, every)
-    if best is None:
-        raise _too_small(budget_s, m, s, val_n, elapsed_s)
-    n, rungs, F, phases, every = best
-    plan = BudgetPlan(budget_s=budget_s, n_configs=n if rungs else 1, eta=s.eta, rungs=rungs, final_steps=F,
-                      eval_every=every, val_examples=val_n, phases=phases, measured=m, settings=s, elapsed_s=elapsed_s)
-    plan.warnings = _warnings(plan)
-    return plan
+    return best
+
+
+def accumulation_ladder(accum: int, floor: int = 1) -> list[int]:
+    """Gradient accumulations to try, planned first: 8 -> [8, 4, 2, 1]; 6 -> [6, 3, 1]."""
+    out, a = [accum], accum
+    while a > max(1, floor):
+        a = max(floor, a // 2, 1)
+        out.append(a)
+    return out
+
+
+def _at_accum(m: Measured, planned: int, accum: int) -> Measured:
+    """A step of `accum` micro-batches: the measured step (of `planned`) scaled by the micro-batches."""
+    return m if accum == planned else replace(m, step_s=m.step_s * accum / planned)
+
+
+EVAL_SHARE = 0.25  # the final evaluations (validation, test, the base model's baseline) may cost this share
+MIN_EVAL_EXAMPLES = 32  # ...but never fewer examples per pass than this (or the whole split)
+
+
+def eval_cap(budget_s: float | None, eval_s_per_example: float, n_val: int, n_test: int, baseline: bool = False,
+             share: float = EVAL_SHARE, floor: int = MIN_EVAL_EXAMPLES) -> int | None:
+    """Examples per final evaluation pass (validation, test and, with `baseline`, the base model on
+    test) that keep those passes within `share` of the budget: None when the whole splits fit (or
+    without a budget), else the first N examples of each split, at least `floor`. A larger budget
+    never evaluates on fewer examples."""
+    if not budget_s or math.isinf(budget_s) or eval_s_per_example <= 0:
+        return None
+    passes = 2 + int(baseline)
+    if (n_val + n_test * (1 + int(baseline))) * eval_s_per_example <= share * budget_s:
+        return None
+    cap = int(share * budget_s / (passes * eval_s_per_example))
+    return min(max(cap, min(floor, max(n_val, n_test))), max(n_val, n_test))
 
 
 def least_budget(measured: Measured, settings: BudgetSettings, elapsed_s: float = 0.0) -> float:
     """The smallest budget (seconds, rounded up to a readable figure) that plan_budget accepts."""
     s = settings
-    phases, _ = _phases([], min(s.min_final_steps, s.final_steps_wanted), measured, s, _val_n(s), elapsed_s)
+    m = _at_accum(measured, s.grad_accum, accumulation_ladder(s.grad_accum, s.min_grad_accum)[-1])
+    phases, _ = _phases([], min(s.min_final_steps, s.final_steps_wanted), m, s, _val_n(s), elapsed_s)
     return _round_up(sum(phases.values()) / (1 - s.margin))
 
 
 def _too_small(budget_s: float, m: Measured, s: BudgetSettings, val_n: int, elapsed_s: float) -> AutoftError:
     f_min = min(s.min_final_steps, s.final_steps_wanted)
     need = least_budget(m, s, elapsed_s)
+    least = accumulation_ladder(s.grad_accum, s.min_grad_accum)[-1]
+    each = (f"{m.step_s:.2g} s each, measured" if least == s.grad_accum else
+            f"{_at_accum(m, s.grad_accum, least).step_s:.2g} s each with accumulation cut from {s.grad_accum} "
+            f"to {least}; {m.step_s:.2g} s measured")
     return AutoftError(
         f"a time budget of {fmt_duration(budget_s)} is too small: {f_min} optimizer steps "
-        f"({m.step_s:.2g} s each, measured), evaluation and saving need a budget of about {fmt_duration(need)} "
+        f"({each}), evaluation and saving need a budget of about {fmt_duration(need)} "
         f"(with a {s.margin:.0%} margin)",
         f"pass --time-budget {fmt_budget(need)} or more, or a smaller model or shorter --seq-len")
 
@@ -283,10 +348,18 @@ def fmt_budget(seconds: float) -> str:
     return (f"{h}h" if h else "") + (f"{mnt}m" if mnt else "") + (f"{sec}s" if sec or s == 0 else "")
 
 
-def _warnings(plan: BudgetPlan) -> list[str]:
+def _warnings(plan: BudgetPlan, measured: Measured | None = None) -> list[str]:
     s = plan.settings
     out = []
     budget = fmt_duration(plan.budget_s)
+    if plan.grad_accum < s.grad_accum:
+        was = f" instead of {measured.step_s:.2g} s" if measured is not None else ""
+        out.append(f"the {budget} budget fits no useful run at {s.grad_accum} micro-batches per step: gradient "
+                   f"accumulation cut to {plan.grad_accum} (steps of {plan.measured.step_s:.2g} s{was}, an effective "
+                   f"batch {s.grad_accum // plan.grad_accum}x smaller than advised; a larger --time-budget keeps it)")
+    if s.eval_cap is not None:
+        out.append(f"the {budget} budget evaluates on the first {s.eval_cap} examples of validation and test "
+                   f"(a larger --time-budget evaluates on more)")
     if not plan.rungs and s.max_configs > 1:
         room = (f"{plan.final_steps} of the {s.final_steps_wanted} final steps wanted"
                 if plan.final_steps < s.final_steps_wanted else f"the final run ({plan.final_steps} steps)")

@@ -58,6 +58,7 @@ class FinalState:
     samples: int = 0
     seconds: float = 0.0
     baseline: dict | None = None
+    best_eval: dict | None = None  # the best validation pass, whole (reused when the final pass would repeat it)
 
 
 @dataclass
@@ -108,7 +109,7 @@ class FinalRun:
         finished = False
         try:
             if state.baseline is None:
-                state.baseline = trial.baseline_eval("test")  # generation: the base model, before training
+                state.baseline = trial.baseline_eval("test", max_examples=self.plan.eval_examples)  # generation: the base model, before training
             stopped = self._train(trial, state, identity)
             result = self._finish(trial, state, stopped, identity["continued_from_step"])
             finished = True
@@ -139,7 +140,7 @@ class FinalRun:
             # the baseline is the base model: measure it before loading the trained winner
             base = self._fresh_trial(config)
             try:
-                state.baseline = base.baseline_eval("test")
+                state.baseline = base.baseline_eval("test", max_examples=self.plan.eval_examples)
             finally:
                 base.close()
         self.progress.emit("stage", name="final", detail=f"trial {start.trial} continues from step {start.steps} "
@@ -197,6 +198,7 @@ class FinalRun:
                 if val is not None and (state.best is None or (val > state.best if plan.higher_is_better
                                                                else val < state.best)):
                     state.best, state.best_step, bad = val, trial.steps_done, 0
+                    state.best_eval = _jsonable(ev)
                     if trial.steps_done < self.total:  # the last step's weights are in memory already
                         state.seconds = round(time.monotonic() - t0, 2)
                         self._save_best(trial, identity, state)
@@ -238,7 +240,12 @@ class FinalRun:
             trial.restore(self.best_dir)  # keep the best weights, not the last
         self.progress.emit("stage", name="evaluate", detail="test split")
         t_eval = time.monotonic()
-        validation, test = trial.evaluate("validation"), trial.evaluate("test")
+        cap = self.plan.eval_examples  # a time budget's: the first N examples (None: the whole splits)
+        if cap is not None and cap == self.plan.trial.max_eval_examples and state.best_eval is not None:
+            validation = state.best_eval  # the best weights' pass on these very examples: not run twice
+        else:
+            validation = trial.evaluate("validation", max_examples=cap)
+        test = trial.evaluate("test", max_examples=cap)
         samples = None
         if self.plan.trial.task in SEQ2SEQ_TASKS:
             samples = self._text_scores(trial, test, state)
@@ -258,7 +265,8 @@ class FinalRun:
             """Summarization/translation: generate for the first test examples with the fine-tuned
             model and with the base model, score both (ROUGE-1/2/L; BLEU, chrF) into `test` and the
             baseline, and return the first samples with both outputs."""
-            cap = self.plan.trial.max_eval_examples or GENERATION_TEST_EXAMPLES
+            cap = min(self.plan.trial.max_eval_examples or GENERATION_TEST_EXAMPLES,
+                      self.plan.eval_examples or GENERATION_TEST_EXAMPLES)
             n = min(cap, len(self.bundle.splits["test"]))
             self.progress.emit("stage", name="evaluate", detail=f"generating for {n} test examples (fine-tuned model)")
             tuned = trial.evaluate_generation("test", max_examples=cap)
@@ -272,6 +280,11 @@ class FinalRun:
             test.update({k: v for k, v in tuned.items() if k not in ("examples",)}, generated_examples=tuned["examples"])
             state.baseline = {**(state.baseline or {}), **{k: v for k, v in base.items() if k != "examples"}}
             return samples
+
+
+def _jsonable(ev: dict) -> dict:
+    """An evaluation as final-state.json can hold it (tensors and numpy scalars as numbers)."""
+    return json.loads(json.dumps(ev, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
 
 
 def _prompts(bundle, n: int) -> list[str]:

@@ -48,11 +48,66 @@ def _not_available(source: str, err: Exception) -> AutoftError:
                        "check the model id or path, and your network or Hub token")
 
 
+def gguf_cache_root() -> Path:
+    root = os.environ.get("AUTOFT_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "autoft") / "gguf"
+
+
+def gguf_folder(gguf: str | os.PathLike) -> Path:
+    """A .gguf file as a model folder (config, tokenizer, safetensors weights), converted once and
+    kept under $AUTOFT_CACHE/gguf (default ~/.cache/autoft/gguf), keyed by the file's name, size
+    and modification time. Why: transformers parses a GGUF file's metadata (the whole vocabulary)
+    for each of config, tokenizer and weights - 70 s for SmolLM2-135M on 2 cores, every time a
+    trial is built - where a converted folder loads in a few seconds. The conversion is written to
+    a temporary folder and renamed, so concurrent processes (Ray trials, DDP ranks) never read a
+    half-written one."""
+    import shutil
+    import tempfile
+
+    src = Path(gguf).expanduser().resolve()
+    st = src.stat()
+    key = f"{src.stem}-{st.st_size}-{st.st_mtime_ns}"
+    out = gguf_cache_root() / key
+    if (out / "model.safetensors").is_file() or (out / "model.safetensors.index.json").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=out.parent))
+    try:
+        with _quiet_loading():
+            tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+            model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name)
+        tok.save_pretrained(tmp)
+        # the weights are dequantised already: save them as plain weights, not as "GGUF-quantized"
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        del model
+        try:
+            tmp.rename(out)
+        except OSError:  # another process converted it first
+            if not (out / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _local(path: str, kw: dict) -> tuple[str, dict]:
+    """from_pretrained's (path, kwargs) with a .gguf file swapped for its converted folder."""
+    if "gguf_file" not in kw:
+        return path, kw
+    kw = dict(kw)
+    return str(gguf_folder(Path(path) / kw.pop("gguf_file"))), kw
+
+
 def load_tokenizer(source: str | os.PathLike, *, trust_remote_code: bool = False):
     """The source's tokenizer, with a pad token (eos when it has none) and right padding."""
     from transformers import AutoTokenizer
 
-    path, kw = resolve_source(source)
+    path, kw = _local(*resolve_source(source))
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kw)
     except (OSError, ValueError) as e:
@@ -147,7 +202,7 @@ def load_model_and_tokenizer(source, task: str, technique: str, *, num_labels: i
     check_choice("precision", precision, tuple(DTYPES))
     info = get_technique(technique)
     tok = load_tokenizer(source, trust_remote_code=trust_remote_code)
-    path, kw = resolve_source(source)
+    path, kw = _local(*resolve_source(source))
     kw["trust_remote_code"] = trust_remote_code
     dtype = getattr(torch, weights_dtype(technique, precision))
     quantized = info.quantized and quantization is not False

@@ -34,7 +34,7 @@ from autoft.advisor.recommend import Recommendation, advise
 from autoft.autotrain import card, checkpoints, report
 from autoft.autotrain.data import build_profile, load_data
 from autoft.autotrain.demo import demo_data_path, demo_model_path
-from autoft.autotrain.budget import BudgetSettings, Keeper, expected, plan_budget
+from autoft.autotrain.budget import BudgetSettings, Keeper, Measured, eval_cap, expected, plan_budget
 from autoft.autotrain.final import FinalResult, FinalRun, Start
 from autoft.autotrain.options import DEFAULT_SEARCH_TRIALS, DEMO_DEFAULTS, RunOptions, command_line
 from autoft.autotrain.plan import RunPlan, make_plan
@@ -306,35 +306,71 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
     """Time a few real steps of the first trial (it continues them), predict every phase, and with
     --time-budget choose the work that fits the whole run in it (or refuse a budget too small, with
     the least that works). Returns (plan, Keeper, ProbeResult)."""
-    base = (f"the base model's loss on the {len(bundle.splits['test'])} test examples (the baseline), then "
-            if plan.trial.task != "classification" else "")
+    budget_s = parse_duration(opts.time_budget)
+    generative = plan.trial.task != "classification"
+    n_val, n_test = len(bundle.splits["validation"]), len(bundle.splits["test"])
+    base = (f"the base model's loss on the {'first examples' if budget_s else f'{n_test} examples'} of the test "
+            "split (the baseline), then " if generative else "")
     progress.emit("stage", name="probe", detail=f"{base}timing a few real steps (the first trial keeps them)")
     # The probed Trial goes on as the first trial (or the final run): its steps stay before the
     # first rung's end, and before the final run's first validation, which must not be skipped.
     first = plan.search.min_steps if plan.search else min(plan.final_steps, plan.eval_every)
-    warmup = 1 if first > 2 else 0
-    steps = max(1, min(3, first - 1 - warmup))
+    # with a budget every step is timed (the first, slower one too) and checked against the budget
+    warmup = 1 if first > 2 and not budget_s else 0
+    steps = max(1, min(2 if budget_s else 3, first - 1 - warmup))
     schedule = None if plan.search else {"lr_schedule": "linear", "total_steps": plan.final_steps}
-    probed = probe(plan.trial, bundle, _first_hparams(plan), warmup=warmup, steps=steps, schedule=schedule,
-                   eval_examples=min(64, len(bundle.splits["validation"])), baseline=plan.trial.task != "classification",
-                   factory=_trial_factory(trial_factory), scratch=str(out))
     n_trials = 1 if opts.no_search else (opts.search_trials or DEFAULT_SEARCH_TRIALS)
-    settings = BudgetSettings(final_steps_wanted=plan.final_steps, n_val=len(bundle.splits["validation"]),
-                              n_test=len(bundle.splits["test"]), max_configs=n_trials, eta=opts.eta,
-                              rung_target=opts.min_steps or 100, val_examples=plan.trial.max_eval_examples)
-    budget_s, elapsed = parse_duration(opts.time_budget), time.monotonic() - t_run
+    floor = plan.dist.world if plan.dist else 1  # each process keeps one micro-batch per step
+    cap: list[int | None] = [None]
+
+    def settings(accum: int, trained: int = 0) -> BudgetSettings:
+        c = cap[0]
+        return BudgetSettings(final_steps_wanted=plan.final_steps, n_val=min(n_val, c or n_val),
+                              n_test=min(n_test, c or n_test), max_configs=n_trials, eta=opts.eta,
+                              rung_target=opts.min_steps or 100,
+                              val_examples=min(x for x in (plan.trial.max_eval_examples, c, n_val) if x),
+                              grad_accum=accum, min_grad_accum=floor if budget_s else accum,
+                              trained_steps=trained, eval_cap=c)
+
+    def sizing(eval_s: float) -> int | None:  # the evaluation's share of the budget
+        cap[0] = eval_cap(budget_s, eval_s, n_val, n_test, baseline=generative)
+        n = min(n_test, cap[0] or n_test)
+        progress.emit("message", text=f"evaluation takes {eval_s:.2g} s per example: "
+                      + (f"the base model's loss on {n} test examples next" if generative else
+                         f"validation and test on {cap[0] or 'all'} examples each"))
+        return cap[0]
+
+    def check(step_s: float, eval_s: float, build_s: float) -> int:  # refuse at once, or cut the accumulation
+        accum = probed_accum[0]
+        bp = plan_budget(budget_s, Measured(step_s=step_s, eval_s_per_example=eval_s, trial_overhead_s=build_s),
+                         settings(accum), elapsed_s=time.monotonic() - t_run)
+        if bp.grad_accum != accum:
+            progress.emit("message", text=f"a step of {accum} micro-batches takes {step_s:.2g} s: too slow for "
+                          f"the {opts.time_budget} budget, timing {bp.grad_accum} per step instead")
+        probed_accum[0] = bp.grad_accum
+        return bp.grad_accum
+
+    probed_accum = [plan.trial.grad_accum]
+    probed = probe(plan.trial, bundle, _first_hparams(plan), warmup=warmup, steps=steps, schedule=schedule,
+                   eval_examples=min(64, n_val), baseline=generative,
+                   factory=_trial_factory(trial_factory), scratch=str(out),
+                   sizing=sizing if budget_s else None, check=check if budget_s else None)
+    elapsed = time.monotonic() - t_run
     try:
         if budget_s:
-            bp = plan_budget(budget_s, probed.measured(), settings, elapsed_s=elapsed)
+            bp = plan_budget(budget_s, probed.measured(), settings(probed.grad_accum, probed.steps_done),
+                             elapsed_s=elapsed)
         else:
             bp = expected(plan_rungs(plan.search) if plan.search else [], plan.final_steps, probed.measured(),
-                          settings, elapsed_s=elapsed)
+                          settings(probed.grad_accum, probed.steps_done), elapsed_s=elapsed)
     except BaseException:
         probed.close()
         raise
     keeper = Keeper(bp, clock=lambda: time.monotonic() - t_run, warn=lambda text: progress.emit("warning", text=text))
     if budget_s:
         plan = plan.with_budget(bp, search_cap_s=keeper.search_cap_s())
+        probed.trial.set_grad_accum(plan.trial.grad_accum)  # the plan's cut, if it made one
+        probed.trial.max_eval_examples = plan.trial.max_eval_examples
     progress.emit("stage", name="time", detail=bp.text())
     for w in bp.warnings:
         progress.emit("warning", text=w)

