@@ -214,7 +214,9 @@ def _phases(rungs: list[Rung], final_steps: int, m: Measured, s: BudgetSettings,
     # and a checkpoint at about half of the passes (each new best is saved)
     final = ((final_steps - start) * m.step_s + left * evals * one_eval + (0.0 if final_done else m.trial_overhead_s)
              + left * math.ceil(evals / 2) * m.save_s)
-    evaluation = (s.n_val + s.n_test + s.baseline_examples) * m.eval_s_per_example
+    # a capped final validation repeats the best in-training pass on the same examples: reused, not run
+    final_val = 0 if s.eval_cap is not None and val_n >= s.n_val else s.n_val
+    evaluation = (final_val + s.n_test + s.baseline_examples) * m.eval_s_per_example
     phases = {"spent": elapsed_s, "search": max(0.0, search), "final": final, "evaluation": evaluation,
               "save": m.save_s}
     return phases, max(1, math.ceil(final_steps / evals))

@@ -340,26 +340,37 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
                          f"validation and test on {cap[0] or 'all'} examples each"))
         return cap[0]
 
-    def check(step_s: float, eval_s: float, build_s: float) -> int:  # refuse at once, or cut the accumulation
-        accum = probed_accum[0]
-        bp = plan_budget(budget_s, Measured(step_s=step_s, eval_s_per_example=eval_s, trial_overhead_s=build_s),
-                         settings(accum), elapsed_s=time.monotonic() - t_run)
-        if bp.grad_accum != accum:
-            progress.emit("message", text=f"a step of {accum} micro-batches takes {step_s:.2g} s: too slow for "
-                          f"the {opts.time_budget} budget, timing {bp.grad_accum} per step instead")
-        probed_accum[0] = bp.grad_accum
-        return bp.grad_accum
+    advised = plan.trial.grad_accum
 
-    probed_accum = [plan.trial.grad_accum]
-    probed = probe(plan.trial, bundle, _first_hparams(plan), warmup=warmup, steps=steps, schedule=schedule,
+    def check(step_s: float, eval_s: float, build_s: float, timed: int) -> int:  # refuse at once, or cut
+        accum = probed_accum[0]
+        m = Measured(step_s=step_s * advised / accum, eval_s_per_example=eval_s, trial_overhead_s=build_s)
+        try:  # step_s scaled to the advised accumulation: the planner cuts from there
+            bp = plan_budget(budget_s, m, settings(advised), elapsed_s=time.monotonic() - t_run)
+        except AutoftError:
+            if timed > 1 and accum == floor:
+                raise  # a warm step at the least accumulation does not fit either: refuse now
+            bp = None  # the first step runs cold (allocations): time a warm one, at the least accumulation
+        new = min(accum, bp.grad_accum if bp is not None else floor)
+        if new != accum:
+            progress.emit("message", text=f"a step of {accum} micro-batches takes {step_s:.2g} s: too slow for "
+                          f"the {opts.time_budget} budget, timing {new} per step instead")
+        probed_accum[0] = new
+        return new
+
+    # with a budget the probe times steps of the least accumulation (a step of A micro-batches costs
+    # about A of them): cheap to measure, and the planner chooses the accumulation from there
+    probe_spec = dataclasses.replace(plan.trial, grad_accum=floor) if budget_s else plan.trial
+    probed_accum = [probe_spec.grad_accum]
+    probed = probe(probe_spec, bundle, _first_hparams(plan), warmup=warmup, steps=steps, schedule=schedule,
                    eval_examples=min(64, n_val), baseline=generative,
                    factory=_trial_factory(trial_factory), scratch=str(out),
                    sizing=sizing if budget_s else None, check=check if budget_s else None)
     elapsed = time.monotonic() - t_run
     try:
-        if budget_s:
-            bp = plan_budget(budget_s, probed.measured(), settings(probed.grad_accum, probed.steps_done),
-                             elapsed_s=elapsed)
+        if budget_s:  # the measured step at the probe's accumulation, as a step of the advised one
+            m = dataclasses.replace(probed.measured(), step_s=probed.step_s * advised / probed.grad_accum)
+            bp = plan_budget(budget_s, m, settings(advised, probed.steps_done), elapsed_s=elapsed)
         else:
             bp = expected(plan_rungs(plan.search) if plan.search else [], plan.final_steps, probed.measured(),
                           settings(probed.grad_accum, probed.steps_done), elapsed_s=elapsed)

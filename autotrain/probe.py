@@ -99,8 +99,9 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
     A time budget hooks in twice, so that it is never spent on finding out it is too small:
     `sizing(eval_s_per_example) -> cap | None`, asked after timing evaluation on a few examples
     and before the baseline, caps the baseline's test examples (budget.eval_cap); `check(step_s,
-    eval_s_per_example, build_s) -> grad_accum | None`, asked after every timed step, raises to
-    refuse the budget at once, or returns a smaller accumulation to time from the next step on."""
+    eval_s_per_example, build_s, timed_steps) -> grad_accum | None`, asked after every timed step,
+    raises to refuse the budget at once, or returns a smaller accumulation to time from the next
+    step on (the times so far are dropped: they were steps of another size)."""
     if steps < 1 or warmup < 0:
         raise AutoftError(f"the probe needs at least 1 timed step, got {steps}", "pass steps=1 or more")
     if factory is None:
@@ -130,7 +131,7 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
             times.append(float(res["seconds"]))
             samples += int(res["samples"])
             tokens += int(res["tokens"])
-            accum = check(statistics.median(times), eval_s or 0.0, build_s) if check is not None else None
+            accum = check(statistics.median(times), eval_s or 0.0, build_s, len(times)) if check is not None else None
             if accum and accum != trial.grad_accum:  # the budget cut the accumulation: time the new step
                 trial.set_grad_accum(accum)
                 times, samples, tokens = [], 0, 0

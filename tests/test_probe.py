@@ -107,7 +107,7 @@ def test_a_budget_sizes_the_baseline_and_refuses_after_the_first_step(llama_dir)
 
     checks: list = []
 
-    def refuse(step_s, eval_s, build_s):
+    def refuse(step_s, eval_s, build_s, timed):
         checks.append((step_s, eval_s, build_s))
         raise AutoftError("a time budget of 1 s is too small", "pass --time-budget 1m")
 
@@ -116,7 +116,7 @@ def test_a_budget_sizes_the_baseline_and_refuses_after_the_first_step(llama_dir)
     assert len(checks) == 1 and checks[0][0] > 0 and checks[0][1] > 0 and checks[0][2] > 0
     assert seen["eval_s"] > 0
     r = probe(gen_spec(llama_dir).with_micro_batch(4, 4), data, {"learning_rate": 1e-3}, warmup=0, steps=2, sizing=sizing,
-              check=lambda step_s, eval_s, build_s: 2)  # the budget cuts the accumulation after the first step
+              check=lambda step_s, eval_s, build_s, timed: 2)  # the budget cuts the accumulation after the first step
     try:
         assert r.baseline["examples"] == 6 and r.eval_cap == 6  # the sized baseline: the first 6 test examples
         assert r.grad_accum == 2 == r.trial.grad_accum and r.steps_done == 3  # 1 step of 4, then 2 timed of 2
