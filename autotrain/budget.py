@@ -47,6 +47,7 @@ class Measured:
     eval_s_per_example: float  # evaluation, per example
     trial_overhead_s: float = 0.0  # per trial-rung: building (or restoring) a Trial + writing its checkpoint
     save_s: float = 0.0  # saving the final model (about one checkpoint)
+    gen_s_per_example: float = 0.0  # summarization/translation: generating one test output (greedy, batched)
 
     def __post_init__(self) -> None:
         if not (self.step_s > 0 and self.eval_s_per_example >= 0 and self.trial_overhead_s >= 0 and self.save_s >= 0):
@@ -76,6 +77,7 @@ class BudgetSettings:
     min_grad_accum: int = 1  # the least accumulation allowed (several processes: one micro-batch each)
     trained_steps: int = 0  # optimizer steps the probe trained that the first trial (or the final run) keeps
     eval_cap: int | None = None  # examples per final evaluation pass the budget allows (eval_cap(); None: all)
+    gen_examples: int = 0  # summarization/translation: test examples generated for, by the tuned and the base model
 
     def __post_init__(self) -> None:
         if self.final_steps_wanted < 1 or self.eta < 2 or self.max_configs < 1:
@@ -216,7 +218,8 @@ def _phases(rungs: list[Rung], final_steps: int, m: Measured, s: BudgetSettings,
              + left * math.ceil(evals / 2) * m.save_s)
     # a capped final validation repeats the best in-training pass on the same examples: reused, not run
     final_val = 0 if s.eval_cap is not None and val_n >= s.n_val else s.n_val
-    evaluation = (final_val + s.n_test + s.baseline_examples) * m.eval_s_per_example
+    evaluation = ((final_val + s.n_test + s.baseline_examples) * m.eval_s_per_example
+                  + 2 * s.gen_examples * m.gen_s_per_example)
     phases = {"spent": elapsed_s, "search": max(0.0, search), "final": final, "evaluation": evaluation,
               "save": m.save_s}
     return phases, max(1, math.ceil(final_steps / evals))
@@ -301,18 +304,30 @@ MIN_EVAL_EXAMPLES = 32  # ...but never fewer examples per pass than this (or the
 
 
 def eval_cap(budget_s: float | None, eval_s_per_example: float, n_val: int, n_test: int, baseline: bool = False,
-             share: float = EVAL_SHARE, floor: int = MIN_EVAL_EXAMPLES) -> int | None:
+             share: float = EVAL_SHARE, floor: int = MIN_EVAL_EXAMPLES, gen_s_per_example: float = 0.0,
+             gen_examples: int = 0) -> int | None:
     """Examples per final evaluation pass (validation, test and, with `baseline`, the base model on
-    test) that keep those passes within `share` of the budget: None when the whole splits fit (or
-    without a budget), else the first N examples of each split, at least `floor`. A larger budget
-    never evaluates on fewer examples."""
+    test; summarization/translation also generate for up to `gen_examples` of them, with the
+    tuned and the base model) that keep the final evaluation within `share` of the budget: None
+    when the whole splits fit (or without a budget), else the first N examples of each split, at
+    least `floor`. A larger budget never evaluates on fewer examples."""
     if not budget_s or math.isinf(budget_s) or eval_s_per_example <= 0:
         return None
     passes = 2 + int(baseline)
-    if (n_val + n_test * (1 + int(baseline))) * eval_s_per_example <= share * budget_s:
+
+    def cost(c: int) -> float:
+        n_v, n_t = min(n_val, c), min(n_test, c)
+        return ((n_v + n_t * (passes - 1)) * eval_s_per_example
+                + 2 * min(n_t, gen_examples) * gen_s_per_example)
+
+    top = max(n_val, n_test)
+    if cost(top) <= share * budget_s:
         return None
-    cap = int(share * budget_s / (passes * eval_s_per_example))
-    return min(max(cap, min(floor, max(n_val, n_test))), max(n_val, n_test))
+    lo, hi = min(floor, top), top  # the largest cap whose cost fits (cost grows with the cap)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid) <= share * budget_s else (lo, mid - 1)
+    return lo
 
 
 def least_budget(measured: Measured, settings: BudgetSettings, elapsed_s: float = 0.0) -> float:

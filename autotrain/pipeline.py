@@ -31,11 +31,12 @@ from autoft import __version__
 from autoft.advisor.hardware import plan_hardware
 from autoft.advisor.question import Question, fill_unset
 from autoft.advisor.recommend import Recommendation, advise
+from autoft.advisor.spec import SEQ2SEQ_TASKS
 from autoft.autotrain import card, checkpoints, report
 from autoft.autotrain.data import build_profile, load_data
 from autoft.autotrain.demo import demo_data_path, demo_model_path
 from autoft.autotrain.budget import BudgetSettings, Keeper, Measured, eval_cap, expected, plan_budget
-from autoft.autotrain.final import FinalResult, FinalRun, Start
+from autoft.autotrain.final import GENERATION_TEST_EXAMPLES, FinalResult, FinalRun, Start
 from autoft.autotrain.options import DEFAULT_SEARCH_TRIALS, DEMO_DEFAULTS, RunOptions, command_line
 from autoft.autotrain.plan import RunPlan, make_plan
 from autoft.autotrain.probe import ProbedFactory, probe
@@ -330,10 +331,16 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
                               rung_target=opts.min_steps or 100,
                               val_examples=min(x for x in (plan.trial.max_eval_examples, c, n_val) if x),
                               grad_accum=accum, min_grad_accum=floor if budget_s else accum,
-                              trained_steps=trained, eval_cap=c)
+                              trained_steps=trained, eval_cap=c, gen_examples=gen_examples())
 
-    def sizing(eval_s: float) -> int | None:  # the evaluation's share of the budget
-        cap[0] = eval_cap(budget_s, eval_s, n_val, n_test, baseline=generative)
+    def gen_examples() -> int:  # summarization/translation: test examples scored by generating
+        if plan.trial.task not in SEQ2SEQ_TASKS:
+            return 0
+        return min(n_test, plan.trial.max_eval_examples or GENERATION_TEST_EXAMPLES, cap[0] or n_test)
+
+    def sizing(eval_s: float, gen_s: float = 0.0) -> int | None:  # the evaluation's share of the budget
+        cap[0] = eval_cap(budget_s, eval_s, n_val, n_test, baseline=generative, gen_s_per_example=gen_s,
+                          gen_examples=gen_examples())
         n = min(n_test, cap[0] or n_test)
         progress.emit("message", text=f"evaluation takes {eval_s:.2g} s per example: "
                       + (f"the base model's loss on {n} test examples next" if generative else
@@ -368,12 +375,13 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
                    sizing=sizing if budget_s else None, check=check if budget_s else None)
     elapsed = time.monotonic() - t_run
     try:
-        if budget_s:  # the measured step at the probe's accumulation, as a step of the advised one
-            m = dataclasses.replace(probed.measured(), step_s=probed.step_s * advised / probed.grad_accum)
-            bp = plan_budget(budget_s, m, settings(advised, probed.steps_done), elapsed_s=elapsed)
+        if budget_s:
+            bp = _fit_budget(budget_s, probed, settings(advised, probed.steps_done), advised, elapsed)
         else:
-            bp = expected(plan_rungs(plan.search) if plan.search else [], plan.final_steps, probed.measured(),
-                          settings(probed.grad_accum, probed.steps_done), elapsed_s=elapsed)
+            rungs = plan_rungs(plan.search) if plan.search else []
+            horizon = rungs[0].budget_steps if rungs else plan.final_steps
+            m = dataclasses.replace(probed.measured(), step_s=probed.step_s_over(probed.trial, horizon, advised))
+            bp = expected(rungs, plan.final_steps, m, settings(advised, probed.steps_done), elapsed_s=elapsed)
     except BaseException:
         probed.close()
         raise
@@ -386,6 +394,23 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
     for w in bp.warnings:
         progress.emit("warning", text=w)
     return plan, keeper, probed
+
+
+def _fit_budget(budget_s: float, probed, settings: BudgetSettings, advised: int, elapsed: float):
+    """The budget plan with the step time of the steps it will train: the stream's first steps
+    hold its longest examples, so a shorter run costs more per step. Start from an epoch's mean
+    step and re-plan with the mean over the plan's own horizon (a trial's first rung, or the final
+    run) until the step time stops growing (it only grows as the horizon shrinks)."""
+    m = dataclasses.replace(probed.measured(), step_s=probed.step_s * advised / probed.grad_accum)
+    bp = plan_budget(budget_s, m, settings, elapsed_s=elapsed)
+    for _ in range(5):
+        horizon = bp.rungs[0].budget_steps if bp.rungs else bp.final_steps
+        step = probed.step_s_over(probed.trial, horizon, bp.grad_accum) * advised / bp.grad_accum
+        if step <= m.step_s * 1.001:
+            break
+        m = dataclasses.replace(m, step_s=step)
+        bp = plan_budget(budget_s, m, settings, elapsed_s=elapsed)
+    return bp
 
 
 def _first_hparams(plan: RunPlan) -> dict:

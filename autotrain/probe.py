@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoft.advisor.spec import SEQ2SEQ_TASKS
 from autoft.errors import AutoftError
 
 
@@ -34,7 +35,7 @@ from autoft.errors import AutoftError
 class ProbeResult:
     """Measured seconds of one setting (all wall-clock, on this machine, now)."""
 
-    step_s: float  # median seconds per optimizer step after the warm-up steps
+    step_s: float  # seconds of a typical optimizer step: the timed steps' seconds per padded token x a typical step's
     step_times: list[float]  # every timed step, seconds
     warmup_steps: int  # steps trained but not timed (first-call allocations, kernel selection)
     build_s: float  # building the Trial: model load, technique, tokenising train and validation
@@ -51,6 +52,16 @@ class ProbeResult:
     trial: Any = field(default=None, repr=False)  # the probed Trial, until reused or closed
     rng: Any = field(default=None, repr=False)  # torch RNG states after the last step (dropout)
     eval_cap: int | None = None  # examples per final evaluation pass the budget allows (None: all)
+    gen_s_per_example: float = 0.0  # summarization/translation: generating one test output, seconds
+    s_per_padded_token: float = 0.0  # the timed steps' seconds per padded token (0: not known)
+    padded_per_micro_batch: float = 0.0  # an epoch's mean padded tokens per micro-batch
+
+    def step_s_over(self, trial, steps: int, accum: int) -> float:
+        """Seconds per step of `accum` micro-batches over the run's first `steps` steps (their
+        examples are the longest; `trial`: the probed Trial or one with the same data order)."""
+        if not self.s_per_padded_token:
+            return self.step_s * accum / self.grad_accum
+        return self.s_per_padded_token * trial.padded_tokens_per_micro_batch(max(1, steps) * accum) * accum
 
     def to_dict(self) -> dict:
         """For search.json / the report (the Trial itself is not serialised)."""
@@ -65,7 +76,8 @@ class ProbeResult:
         from autoft.autotrain.budget import Measured
 
         return Measured(step_s=self.step_s, eval_s_per_example=self.eval_s_per_example,
-                        trial_overhead_s=self.build_s + self.checkpoint_s, save_s=self.checkpoint_s)
+                        trial_overhead_s=self.build_s + self.checkpoint_s, save_s=self.checkpoint_s,
+                        gen_s_per_example=self.gen_s_per_example)
 
     def reuse(self, *, lr_schedule: str = "constant", total_steps: int | None = None,
               warmup_steps: int | None = None, decay_start: int | None = None):
@@ -88,7 +100,8 @@ class ProbeResult:
 
 def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, steps: int = 3,
           eval_examples: int = 32, baseline: bool = True, factory: Any = None,
-          scratch: str | None = None, schedule: dict | None = None, sizing=None, check=None) -> ProbeResult:
+          scratch: str | None = None, schedule: dict | None = None, sizing=None, check=None,
+          check_steps: int = 10) -> ProbeResult:
     """Build the Trial of `spec` (a `plan.TrialSpec`) with `hparams` and `schedule` (from_spec's
     schedule arguments; default a constant learning rate, as the search trains), train `warmup`
     untimed and `steps` timed optimizer steps, time evaluation on up to `eval_examples` validation
@@ -97,11 +110,12 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
     the times and the Trial, open, for reuse.
 
     A time budget hooks in twice, so that it is never spent on finding out it is too small:
-    `sizing(eval_s_per_example) -> cap | None`, asked after timing evaluation on a few examples
+    `sizing(eval_s_per_example, gen_s_per_example) -> cap | None`, asked after timing evaluation on a few examples
     and before the baseline, caps the baseline's test examples (budget.eval_cap); `check(step_s,
     eval_s_per_example, build_s, timed_steps) -> grad_accum | None`, asked after every timed step,
     raises to refuse the budget at once, or returns a smaller accumulation to time from the next
-    step on (the times so far are dropped: they were steps of another size)."""
+    step on (the times so far are dropped: they were steps of another size). The step time it is
+    given is that of the first `check_steps` steps (the least run trains those: the dearest)."""
     if steps < 1 or warmup < 0:
         raise AutoftError(f"the probe needs at least 1 timed step, got {steps}", "pass steps=1 or more")
     if factory is None:
@@ -113,11 +127,15 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
         trial._encode("validation")  # every trial tokenises it before its first evaluation
         build_s = time.perf_counter() - t0
         generative = baseline and trial.task != "classification"
-        base, eval_s, n_eval, cap = None, None, 0, None
+        base, eval_s, n_eval, cap, gen_s = None, None, 0, None, 0.0
+        if generative and trial.task in SEQ2SEQ_TASKS:  # scored by generating: time one batch of it
+            t = time.perf_counter()
+            n_gen = trial.evaluate_generation("test", max_examples=min(trial.batch_size, len(bundle.splits["test"])))["examples"]
+            gen_s = (time.perf_counter() - t) / max(1, n_gen)
         if sizing is not None:  # a few examples first: what the baseline and evaluation will cost
             split = "test" if generative else "validation"
             eval_s, n_eval = _time_eval(trial, split, min(8, len(bundle.splits[split])))
-            cap = sizing(eval_s)
+            cap = sizing(eval_s, gen_s)
         if generative:
             t = time.perf_counter()
             base = trial.baseline_eval("test", max_examples=cap or len(bundle.splits["test"]))  # the base model, before any step
@@ -125,16 +143,22 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
             eval_s = (time.perf_counter() - t) / max(1, n_eval)
         if warmup:
             trial.train(warmup)
-        times, samples, tokens = [], 0, 0
+        times, padded, samples, tokens = [], [], 0, 0
+        per_micro = trial.padded_tokens_per_micro_batch()  # an epoch's mean
+        front = trial.padded_tokens_per_micro_batch(max(1, check_steps) * trial.grad_accum)  # the first steps' mean
         while len(times) < steps:
             res = trial.train(1)
             times.append(float(res["seconds"]))
+            padded.append(int(res.get("padded_tokens") or 0))
             samples += int(res["samples"])
             tokens += int(res["tokens"])
-            accum = check(statistics.median(times), eval_s or 0.0, build_s, len(times)) if check is not None else None
-            if accum and accum != trial.grad_accum:  # the budget cut the accumulation: time the new step
-                trial.set_grad_accum(accum)
-                times, samples, tokens = [], 0, 0
+            if check is not None:
+                accum = check(_typical(times, padded, warmup, front * trial.grad_accum), eval_s or 0.0,
+                              build_s, len(times))
+                if accum and accum != trial.grad_accum:  # the budget cut the accumulation: time the new step
+                    trial.set_grad_accum(accum)
+                    front = trial.padded_tokens_per_micro_batch(max(1, check_steps) * accum)
+                    times, padded, samples, tokens = [], [], 0, 0
         rng = _get_rng(trial)
         if not generative:
             ev_s, n = _time_eval(trial, "validation", eval_examples)
@@ -143,11 +167,27 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
     except BaseException:
         trial.close()
         raise
-    return ProbeResult(step_s=statistics.median(times), step_times=times, warmup_steps=warmup, build_s=build_s,
+    warm_t, warm_p = (times[1:], padded[1:]) if warmup == 0 and len(times) > 1 else (times, padded)
+    s_tok = sum(warm_t) / sum(warm_p) if warm_p and all(warm_p) else 0.0
+    return ProbeResult(step_s=_typical(times, padded, warmup, per_micro * trial.grad_accum),
+                       s_per_padded_token=s_tok, padded_per_micro_batch=per_micro, step_times=times, warmup_steps=warmup, build_s=build_s,
                        eval_s_per_example=eval_s, eval_examples=n_eval, checkpoint_s=ckpt_s,
                        samples_per_s=samples / max(sum(times), 1e-9), tokens_per_example=tokens / max(1, samples),
                        batch_size=trial.batch_size, grad_accum=trial.grad_accum, device=str(trial.device),
-                       baseline=base, steps_done=trial.steps_done, trial=trial, rng=rng, eval_cap=cap)
+                       baseline=base, steps_done=trial.steps_done, trial=trial, rng=rng, eval_cap=cap,
+                       gen_s_per_example=gen_s)
+
+
+def _typical(times: list[float], padded: list[int], warmup: int, step_tokens: float) -> float:
+    """Seconds of the run's typical step: the timed steps' seconds per padded token times the
+    padded tokens of a typical step (`step_tokens`; the first steps carry the longest examples,
+    see Trial.padded_tokens_per_micro_batch). Without a warm-up step the first timed step is left
+    out when there are others (a fresh Trial's first step allocates and picks kernels)."""
+    if warmup == 0 and len(times) > 1:
+        times, padded = times[1:], padded[1:]
+    if step_tokens > 0 and all(p > 0 for p in padded):
+        return sum(times) / sum(padded) * step_tokens
+    return statistics.median(times)
 
 
 def _time_eval(trial, split: str, n: int) -> tuple[float, int]:

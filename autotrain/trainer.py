@@ -480,10 +480,10 @@ class Trial:
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         losses = torch.zeros(steps, device=self.device)  # stays on the device: no per-step sync
-        t0, samples, tokens, last_read = time.perf_counter(), 0, 0, 0
+        t0, samples, tokens, padded, last_read = time.perf_counter(), 0, 0, 0, 0
         for s in range(steps):
             step_start = self.stream.position
-            counts = [0, 0]  # samples, tokens of this step
+            counts = [0, 0, 0]  # samples, tokens, padded tokens (what the step computes on) of this step
 
             def micro_batches():
                 for _ in range(self.grad_accum):
@@ -495,6 +495,7 @@ class Trial:
                     counts[0] += len(glob)
                     counts[1] += (batch["num_tokens"] if self.world_size == 1
                                   else sum(len(train[i]["input_ids"]) for i in glob))
+                    counts[2] += int(batch["input_ids"].numel())
                     yield self._to_device(batch)
 
             try:
@@ -509,7 +510,8 @@ class Trial:
                 self.stream.position = step_start
                 self.stream._epoch = -1
                 raise
-            step_samples, step_tokens = counts
+            step_samples, step_tokens, step_padded = counts
+            padded += step_padded
             losses[s] = step_loss / self.grad_accum
             self.steps_done += 1
             samples += step_samples
@@ -533,9 +535,28 @@ class Trial:
         if not math.isfinite(mean_loss):
             raise TrialDiverged(self.steps_done, mean_loss)
         return {"steps_done": self.steps_done, "steps": steps, "train_loss": mean_loss,
-                "samples": samples, "tokens": tokens, "seconds": seconds,
+                "samples": samples, "tokens": tokens, "padded_tokens": padded, "seconds": seconds,
                 "epoch": self.stream.epoch,
                 "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if cuda else None}
+
+    def padded_tokens_per_micro_batch(self, micro_batches: int | None = None) -> float:
+        """Mean padded tokens (width x rows) of a micro-batch over the first `micro_batches` of the
+        training stream (None: one epoch). The stream groups examples by length, each chunk longest
+        first and the longest chunk first of all, so the first steps are the dearest: a short run
+        costs more per step than the epoch's mean. Step times scale by this (autotrain/probe.py)."""
+        from autoft.autotrain import tasks
+
+        lengths, b, n = self.stream.lengths, self.batch_size, len(self.stream.lengths)
+        want = micro_batches if micro_batches else -(-n // b)
+        widths, epoch = [], 0
+        while len(widths) < want:
+            order = tasks.epoch_order(lengths, self.stream.seed, epoch, self.stream.group)
+            widths += [max(lengths[i] for i in order[k:k + b]) * len(order[k:k + b]) for k in range(0, n, b)]
+            epoch += 1
+            if micro_batches is None or epoch >= 3:  # later epochs look like the first ones
+                break
+        widths = widths[:want]
+        return sum(widths) / max(1, len(widths))
 
     def set_grad_accum(self, grad_accum: int) -> None:
         """Micro-batches per optimizer step from the next step on: the effective batch changes

@@ -230,3 +230,18 @@ def test_evaluation_is_capped_to_its_share_of_the_budget_and_grows_with_it():
     caps = [eval_cap(t, 1.5, 500, 500, baseline=True) or 500 for t in (300, 600, 1200, 2400, 4800, 9600)]
     assert caps == sorted(caps) and caps[0] == MIN_EVAL_EXAMPLES and caps[-1] == 500
     assert eval_cap(60, 1.5, 10, 12) == 12  # splits smaller than the floor: all of them
+
+
+def test_scoring_by_generation_counts_in_the_evaluation_and_its_share():
+    from autoft.autotrain.budget import eval_cap
+
+    plain = eval_cap(1200, 1.0, 250, 500, baseline=True)
+    gen = eval_cap(1200, 1.0, 250, 500, baseline=True, gen_s_per_example=3.0, gen_examples=200)
+    assert gen < plain  # two generation passes (tuned and base model) per example cost their share too
+    assert (min(250, gen) + 2 * gen) * 1.0 + 2 * min(gen, 200) * 3.0 <= 0.25 * 1200
+    g1 = gen + 1
+    assert (min(250, g1) + 2 * g1) * 1.0 + 2 * min(g1, 200) * 3.0 > 0.25 * 1200  # the largest that fits
+    m = Measured(step_s=0.5, eval_s_per_example=0.01, gen_s_per_example=2.0)
+    base = plan_budget(3600, m, S)
+    scored = plan_budget(3600, m, BudgetSettings(**{**S.__dict__, "gen_examples": 50}))
+    assert scored.phases["evaluation"] == pytest.approx(base.phases["evaluation"] + 2 * 50 * 2.0)

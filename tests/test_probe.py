@@ -101,7 +101,7 @@ def test_a_budget_sizes_the_baseline_and_refuses_after_the_first_step(llama_dir)
     data = easy_generation(n_eval=20)
     seen: dict = {}
 
-    def sizing(eval_s):
+    def sizing(eval_s, gen_s):
         seen["eval_s"] = eval_s
         return 6
 
