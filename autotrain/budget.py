@@ -66,7 +66,7 @@ class BudgetSettings:
     rung_target: int = 100  # first rung to reach before more configurations (--min-steps fixes it)
     min_rung: int = 20  # a shorter first rung ranks warmup noise: no search below it
     # the least training worth a run: 10 optimizer steps keep a warmup step and a decay; a budget
-    # that cannot fit them (at the least accumulation) is refused
+    # that cannot fit them (at the least effective batch) is refused
     min_final_steps: int = 10
     margin: float = 0.10  # plan to (1 - margin) x budget
     val_examples: int | None = None  # cap on validation examples per in-training evaluation
@@ -75,9 +75,11 @@ class BudgetSettings:
     baseline_examples: int = 0  # generation: test examples of the base-model baseline still to evaluate
     grad_accum: int = 1  # the planned micro-batches per step: cut (never raised) when no useful run fits
     min_grad_accum: int = 1  # the least accumulation allowed (several processes: one micro-batch each)
+    batch_size: int = 1  # the planned micro-batch: halved after the accumulation when still no useful run fits
     trained_steps: int = 0  # optimizer steps the probe trained that the first trial (or the final run) keeps
     eval_cap: int | None = None  # examples per final evaluation pass the budget allows (eval_cap(); None: all)
-    gen_examples: int = 0  # summarization/translation: test examples generated for, by the tuned and the base model
+    gen_examples: int = 0  # test examples generated for: summarization/translation's scores, generation's samples
+    gen_passes: int = 2  # models that generate for them: the tuned and the base (seq2seq scores); 1 for samples
 
     def __post_init__(self) -> None:
         if self.final_steps_wanted < 1 or self.eta < 2 or self.max_configs < 1:
@@ -106,9 +108,11 @@ class BudgetPlan:
     actual: dict[str, float] = field(default_factory=dict)  # measured seconds per phase, filled by the run
     replans: int = 0
     grad_accum: int = 0  # micro-batches per step the plan trains with (0: settings.grad_accum)
+    batch_size: int = 0  # the micro-batch the plan trains with (0: settings.batch_size)
 
     def __post_init__(self) -> None:
         self.grad_accum = self.grad_accum or self.settings.grad_accum
+        self.batch_size = self.batch_size or self.settings.batch_size
 
     @property
     def search(self) -> bool:
@@ -155,7 +159,7 @@ class BudgetPlan:
                 "eta": self.eta, "rungs": [asdict(r) for r in self.rungs], "final_steps": self.final_steps,
                 "continued_from_step": self.winner_steps, "eval_every": self.eval_every,
                 "val_examples": self.val_examples, "eval_examples": self.settings.eval_cap,
-                "grad_accum": self.grad_accum, "elapsed_s": round(self.elapsed_s, 2),
+                "grad_accum": self.grad_accum, "batch_size": self.batch_size, "elapsed_s": round(self.elapsed_s, 2),
                 "phases": {k: {"predicted_s": round(v, 1), "actual_s": self.actual.get(k)} for k, v in self.phases.items()},
                 "predicted_total_s": round(self.total_s, 1),
                 "actual_total_s": round(sum(self.actual.values()), 1) if self.actual else None,
@@ -219,7 +223,7 @@ def _phases(rungs: list[Rung], final_steps: int, m: Measured, s: BudgetSettings,
     # a capped final validation repeats the best in-training pass on the same examples: reused, not run
     final_val = 0 if s.eval_cap is not None and val_n >= s.n_val else s.n_val
     evaluation = ((final_val + s.n_test + s.baseline_examples) * m.eval_s_per_example
-                  + 2 * s.gen_examples * m.gen_s_per_example)
+                  + s.gen_passes * s.gen_examples * m.gen_s_per_example)
     phases = {"spent": elapsed_s, "search": max(0.0, search), "final": final, "evaluation": evaluation,
               "save": m.save_s}
     return phases, max(1, math.ceil(final_steps / evals))
@@ -248,16 +252,17 @@ def ladder(s: BudgetSettings) -> list[tuple[int, int, int]]:
 
 def plan_budget(budget_s: float, measured: Measured, settings: BudgetSettings, elapsed_s: float = 0.0) -> BudgetPlan:
     """The most work (highest ladder candidate) predicted to fit (1 - margin) x budget_s, time
-    already spent included. When not even the least useful final run fits, gradient accumulation
-    is cut (halved, down to `min_grad_accum`: each step then costs that share of the measured one)
+    already spent included. When not even the least useful final run fits, the effective batch is
+    cut (`batch_ladder`: accumulation halved down to `min_grad_accum`, then the micro-batch halved;
+    a step costs its share of the measured one)
     before giving up: a smaller effective batch beats no run. Raises AutoftError naming the least
     budget that works when nothing fits. budget_s = math.inf: the whole run as configured, with its
     predicted duration (a run without --time-budget)."""
     s = settings
     if budget_s is None or budget_s <= 0:
         raise AutoftError(f"the time budget must be positive, got {budget_s}", "pass --time-budget 30m")
-    for accum in accumulation_ladder(s.grad_accum, s.min_grad_accum):
-        m = _at_accum(measured, s.grad_accum, accum)
+    for bs, accum in batch_ladder(s):
+        m = _at_batch(measured, s, bs, accum)
         best = _most_work(budget_s, m, s, elapsed_s)
         if best is not None:
             break
@@ -266,7 +271,7 @@ def plan_budget(budget_s: float, measured: Measured, settings: BudgetSettings, e
     n, rungs, F, phases, every = best
     plan = BudgetPlan(budget_s=budget_s, n_configs=n if rungs else 1, eta=s.eta, rungs=rungs, final_steps=F,
                       eval_every=every, val_examples=_val_n(s), phases=phases, measured=m, settings=s,
-                      elapsed_s=elapsed_s, grad_accum=accum)
+                      elapsed_s=elapsed_s, grad_accum=accum, batch_size=bs)
     plan.warnings = _warnings(plan, measured)
     return plan
 
@@ -294,13 +299,26 @@ def accumulation_ladder(accum: int, floor: int = 1) -> list[int]:
     return out
 
 
-def _at_accum(m: Measured, planned: int, accum: int) -> Measured:
-    """A step of `accum` micro-batches: the measured step (of `planned`) scaled by the micro-batches."""
-    return m if accum == planned else replace(m, step_s=m.step_s * accum / planned)
+def batch_ladder(s: BudgetSettings) -> list[tuple[int, int]]:
+    """(micro-batch, accumulation) to try, the planned one first: the accumulation halved to its
+    floor, then the micro-batch halved to 1. 4 x 4 -> (4, 4), (4, 2), (4, 1), (2, 1), (1, 1)."""
+    out = [(s.batch_size, a) for a in accumulation_ladder(s.grad_accum, s.min_grad_accum)]
+    bs, accum = out[-1]
+    while bs > 1:
+        bs //= 2
+        out.append((bs, accum))
+    return out
+
+
+def _at_batch(m: Measured, s: BudgetSettings, batch_size: int, accum: int) -> Measured:
+    """A step of `accum` micro-batches of `batch_size`: the measured step (of the planned batch)
+    scaled by the examples (a smaller micro-batch pads less: the scaling errs long)."""
+    share = (batch_size * accum) / (s.batch_size * s.grad_accum)
+    return m if share == 1 else replace(m, step_s=m.step_s * share)
 
 
 EVAL_SHARE = 0.25  # the final evaluations (validation, test, the base model's baseline) may cost this share
-MIN_EVAL_EXAMPLES = 32  # ...but never fewer examples per pass than this (or the whole split)
+MIN_EVAL_EXAMPLES = 16  # ...but never fewer examples per pass than this (or the whole split)
 
 
 def eval_cap(budget_s: float | None, eval_s_per_example: float, n_val: int, n_test: int, baseline: bool = False,
@@ -333,7 +351,7 @@ def eval_cap(budget_s: float | None, eval_s_per_example: float, n_val: int, n_te
 def least_budget(measured: Measured, settings: BudgetSettings, elapsed_s: float = 0.0) -> float:
     """The smallest budget (seconds, rounded up to a readable figure) that plan_budget accepts."""
     s = settings
-    m = _at_accum(measured, s.grad_accum, accumulation_ladder(s.grad_accum, s.min_grad_accum)[-1])
+    m = _at_batch(measured, s, *batch_ladder(s)[-1])
     phases, _ = _phases([], min(s.min_final_steps, s.final_steps_wanted), m, s, _val_n(s), elapsed_s)
     return _round_up(sum(phases.values()) / (1 - s.margin))
 
@@ -341,10 +359,10 @@ def least_budget(measured: Measured, settings: BudgetSettings, elapsed_s: float 
 def _too_small(budget_s: float, m: Measured, s: BudgetSettings, val_n: int, elapsed_s: float) -> AutoftError:
     f_min = min(s.min_final_steps, s.final_steps_wanted)
     need = least_budget(m, s, elapsed_s)
-    least = accumulation_ladder(s.grad_accum, s.min_grad_accum)[-1]
-    each = (f"{m.step_s:.2g} s each, measured" if least == s.grad_accum else
-            f"{_at_accum(m, s.grad_accum, least).step_s:.2g} s each with accumulation cut from {s.grad_accum} "
-            f"to {least}; {m.step_s:.2g} s measured")
+    bs, least = batch_ladder(s)[-1]
+    each = (f"{m.step_s:.2g} s each, measured" if (bs, least) == (s.batch_size, s.grad_accum) else
+            f"{_at_batch(m, s, bs, least).step_s:.2g} s each at the least batch, {bs} x {least}; "
+            f"{m.step_s:.2g} s at {s.batch_size} x {s.grad_accum}, measured")
     return AutoftError(
         f"a time budget of {fmt_duration(budget_s)} is too small: {f_min} optimizer steps "
         f"({each}), evaluation and saving need a budget of about {fmt_duration(need)} "
@@ -369,11 +387,13 @@ def _warnings(plan: BudgetPlan, measured: Measured | None = None) -> list[str]:
     s = plan.settings
     out = []
     budget = fmt_duration(plan.budget_s)
-    if plan.grad_accum < s.grad_accum:
+    if (plan.batch_size, plan.grad_accum) != (s.batch_size, s.grad_accum):
         was = f" instead of {measured.step_s:.2g} s" if measured is not None else ""
-        out.append(f"the {budget} budget fits no useful run at {s.grad_accum} micro-batches per step: gradient "
-                   f"accumulation cut to {plan.grad_accum} (steps of {plan.measured.step_s:.2g} s{was}, an effective "
-                   f"batch {s.grad_accum // plan.grad_accum}x smaller than advised; a larger --time-budget keeps it)")
+        out.append(f"the {budget} budget fits no useful run at the advised batch of {s.batch_size} x {s.grad_accum}: "
+                   f"batch cut to {plan.batch_size} x {plan.grad_accum} (micro-batch x accumulation; steps of "
+                   f"{plan.measured.step_s:.2g} s{was}, an effective batch "
+                   f"{s.batch_size * s.grad_accum // (plan.batch_size * plan.grad_accum)}x smaller than advised; "
+                   "a larger --time-budget keeps it)")
     if s.eval_cap is not None:
         out.append(f"the {budget} budget evaluates on the first {s.eval_cap} examples of validation and test "
                    f"(a larger --time-budget evaluates on more)")

@@ -37,6 +37,7 @@ from autoft.autotrain.store import write_json
 # examples unless --max-eval-examples says otherwise: greedy generation costs a forward pass per
 # new token, so the whole test split would often take longer than the training.
 GENERATION_TEST_EXAMPLES = 200
+SAMPLE_PROMPTS = 3  # generation: the report's sample outputs, for the first test prompts
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ class FinalRun:
         if self.plan.trial.task in SEQ2SEQ_TASKS:
             samples = self._text_scores(trial, test, state)
         elif self.plan.trial.task == "generation":
-            prompts = _prompts(self.bundle, 3)
+            prompts = sample_prompts(self.bundle, SAMPLE_PROMPTS)
             if prompts:
                 samples = [{"prompt": p, "output": o} for p, o in zip(prompts, trial.generate_samples(prompts))]
         t_save = time.monotonic()
@@ -287,7 +288,7 @@ def _jsonable(ev: dict) -> dict:
     return json.loads(json.dumps(ev, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
 
 
-def _prompts(bundle, n: int) -> list[str]:
+def sample_prompts(bundle, n: int) -> list[str]:
     """The user turns of the first `n` test examples (what generated samples answer)."""
     out = []
     for r in bundle.splits.get("test", [])[:n]:

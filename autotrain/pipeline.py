@@ -36,7 +36,7 @@ from autoft.autotrain import card, checkpoints, report
 from autoft.autotrain.data import build_profile, load_data
 from autoft.autotrain.demo import demo_data_path, demo_model_path
 from autoft.autotrain.budget import BudgetSettings, Keeper, Measured, eval_cap, expected, plan_budget
-from autoft.autotrain.final import GENERATION_TEST_EXAMPLES, FinalResult, FinalRun, Start
+from autoft.autotrain.final import GENERATION_TEST_EXAMPLES, SAMPLE_PROMPTS, FinalResult, FinalRun, Start, sample_prompts
 from autoft.autotrain.options import DEFAULT_SEARCH_TRIALS, DEMO_DEFAULTS, RunOptions, command_line
 from autoft.autotrain.plan import RunPlan, make_plan
 from autoft.autotrain.probe import ProbedFactory, probe
@@ -331,16 +331,20 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
                               rung_target=opts.min_steps or 100,
                               val_examples=min(x for x in (plan.trial.max_eval_examples, c, n_val) if x),
                               grad_accum=accum, min_grad_accum=floor if budget_s else accum,
-                              trained_steps=trained, eval_cap=c, gen_examples=gen_examples())
+                              trained_steps=trained, eval_cap=c, gen_examples=gen_examples(),
+                              gen_passes=2 if plan.trial.task in SEQ2SEQ_TASKS else 1,
+                              batch_size=plan.trial.batch_size)
 
-    def gen_examples() -> int:  # summarization/translation: test examples scored by generating
+    samples = sample_prompts(bundle, SAMPLE_PROMPTS) if plan.trial.task == "generation" else []
+
+    def gen_examples() -> int:  # test examples generated for: scores (summarization, translation) or samples
         if plan.trial.task not in SEQ2SEQ_TASKS:
-            return 0
+            return len(samples)
         return min(n_test, plan.trial.max_eval_examples or GENERATION_TEST_EXAMPLES, cap[0] or n_test)
 
     def sizing(eval_s: float, gen_s: float = 0.0) -> int | None:  # the evaluation's share of the budget
         cap[0] = eval_cap(budget_s, eval_s, n_val, n_test, baseline=generative, gen_s_per_example=gen_s,
-                          gen_examples=gen_examples())
+                          gen_examples=gen_examples() if plan.trial.task in SEQ2SEQ_TASKS else 0)
         n = min(n_test, cap[0] or n_test)
         progress.emit("message", text=f"evaluation takes {eval_s:.2g} s per example: "
                       + (f"the base model's loss on {n} test examples next" if generative else
@@ -352,6 +356,7 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
     def check(step_s: float, eval_s: float, build_s: float, timed: int) -> int:  # refuse at once, or cut
         accum = probed_accum[0]
         m = Measured(step_s=step_s * advised / accum, eval_s_per_example=eval_s, trial_overhead_s=build_s)
+        # (the probe keeps its micro-batch: the plan after it may cut that too)
         try:  # step_s scaled to the advised accumulation: the planner cuts from there
             bp = plan_budget(budget_s, m, settings(advised), elapsed_s=time.monotonic() - t_run)
         except AutoftError:
@@ -372,7 +377,7 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
     probed = probe(probe_spec, bundle, _first_hparams(plan), warmup=warmup, steps=steps, schedule=schedule,
                    eval_examples=min(64, n_val), baseline=generative,
                    factory=_trial_factory(trial_factory), scratch=str(out),
-                   sizing=sizing if budget_s else None, check=check if budget_s else None)
+                   sizing=sizing if budget_s else None, check=check if budget_s else None, sample_prompts=samples)
     elapsed = time.monotonic() - t_run
     try:
         if budget_s:
@@ -388,7 +393,7 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
     keeper = Keeper(bp, clock=lambda: time.monotonic() - t_run, warn=lambda text: progress.emit("warning", text=text))
     if budget_s:
         plan = plan.with_budget(bp, search_cap_s=keeper.search_cap_s())
-        probed.trial.set_grad_accum(plan.trial.grad_accum)  # the plan's cut, if it made one
+        probed.trial.set_grad_accum(plan.trial.grad_accum, plan.trial.batch_size)  # the plan's cut, if any
         probed.trial.max_eval_examples = plan.trial.max_eval_examples
     progress.emit("stage", name="time", detail=bp.text())
     for w in bp.warnings:
@@ -401,11 +406,13 @@ def _fit_budget(budget_s: float, probed, settings: BudgetSettings, advised: int,
     hold its longest examples, so a shorter run costs more per step. Start from an epoch's mean
     step and re-plan with the mean over the plan's own horizon (a trial's first rung, or the final
     run) until the step time stops growing (it only grows as the horizon shrinks)."""
-    m = dataclasses.replace(probed.measured(), step_s=probed.step_s * advised / probed.grad_accum)
+    full = settings.batch_size * advised  # the advised effective batch: the planner scales from it
+    m = dataclasses.replace(probed.measured(), step_s=probed.step_s_over(probed.trial, None, advised, settings.batch_size))
     bp = plan_budget(budget_s, m, settings, elapsed_s=elapsed)
     for _ in range(5):
         horizon = bp.rungs[0].budget_steps if bp.rungs else bp.final_steps
-        step = probed.step_s_over(probed.trial, horizon, bp.grad_accum) * advised / bp.grad_accum
+        step = (probed.step_s_over(probed.trial, horizon, bp.grad_accum, bp.batch_size)
+                * full / (bp.batch_size * bp.grad_accum))
         if step <= m.step_s * 1.001:
             break
         m = dataclasses.replace(m, step_s=step)

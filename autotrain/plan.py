@@ -121,7 +121,7 @@ class RunPlan:
         trial, cap = self.trial, bp.settings.eval_cap
         if cap is not None:  # validation during training no larger than the final passes
             trial = replace(trial, max_eval_examples=min(cap, trial.max_eval_examples or cap))
-        trial = replace(trial, grad_accum=bp.grad_accum)
+        trial = replace(trial, grad_accum=bp.grad_accum, batch_size=bp.batch_size)
         search = None
         if bp.rungs:
             search = SearchSettings(n_trials=bp.n_configs, eta=bp.eta, min_steps=bp.rungs[0].budget_steps,

@@ -56,12 +56,15 @@ class ProbeResult:
     s_per_padded_token: float = 0.0  # the timed steps' seconds per padded token (0: not known)
     padded_per_micro_batch: float = 0.0  # an epoch's mean padded tokens per micro-batch
 
-    def step_s_over(self, trial, steps: int, accum: int) -> float:
-        """Seconds per step of `accum` micro-batches over the run's first `steps` steps (their
-        examples are the longest; `trial`: the probed Trial or one with the same data order)."""
+    def step_s_over(self, trial, steps: int | None, accum: int, batch_size: int | None = None) -> float:
+        """Seconds per step of `accum` micro-batches of `batch_size` over the run's first `steps`
+        steps (their examples are the longest; None: an epoch's mean; `trial`: the probed Trial or
+        one with the same data order)."""
+        bs = batch_size or self.batch_size
         if not self.s_per_padded_token:
-            return self.step_s * accum / self.grad_accum
-        return self.s_per_padded_token * trial.padded_tokens_per_micro_batch(max(1, steps) * accum) * accum
+            return self.step_s * (accum * bs) / (self.grad_accum * self.batch_size)
+        micro = None if steps is None else max(1, steps) * accum  # None: an epoch's mean
+        return self.s_per_padded_token * trial.padded_tokens_per_micro_batch(micro, bs) * accum
 
     def to_dict(self) -> dict:
         """For search.json / the report (the Trial itself is not serialised)."""
@@ -101,7 +104,7 @@ class ProbeResult:
 def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, steps: int = 3,
           eval_examples: int = 32, baseline: bool = True, factory: Any = None,
           scratch: str | None = None, schedule: dict | None = None, sizing=None, check=None,
-          check_steps: int = 10) -> ProbeResult:
+          check_steps: int = 10, sample_prompts: list[str] | None = None) -> ProbeResult:
     """Build the Trial of `spec` (a `plan.TrialSpec`) with `hparams` and `schedule` (from_spec's
     schedule arguments; default a constant learning rate, as the search trains), train `warmup`
     untimed and `steps` timed optimizer steps, time evaluation on up to `eval_examples` validation
@@ -132,6 +135,10 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
             t = time.perf_counter()
             n_gen = trial.evaluate_generation("test", max_examples=min(trial.batch_size, len(bundle.splits["test"])))["examples"]
             gen_s = (time.perf_counter() - t) / max(1, n_gen)
+        elif generative and sample_prompts:  # generation: the report's samples, one at a time
+            t = time.perf_counter()
+            trial.generate_samples(sample_prompts[:1])
+            gen_s = time.perf_counter() - t
         if sizing is not None:  # a few examples first: what the baseline and evaluation will cost
             split = "test" if generative else "validation"
             eval_s, n_eval = _time_eval(trial, split, min(8, len(bundle.splits[split])))

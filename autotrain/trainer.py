@@ -539,14 +539,14 @@ class Trial:
                 "epoch": self.stream.epoch,
                 "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if cuda else None}
 
-    def padded_tokens_per_micro_batch(self, micro_batches: int | None = None) -> float:
+    def padded_tokens_per_micro_batch(self, micro_batches: int | None = None, batch_size: int | None = None) -> float:
         """Mean padded tokens (width x rows) of a micro-batch over the first `micro_batches` of the
         training stream (None: one epoch). The stream groups examples by length, each chunk longest
         first and the longest chunk first of all, so the first steps are the dearest: a short run
         costs more per step than the epoch's mean. Step times scale by this (autotrain/probe.py)."""
         from autoft.autotrain import tasks
 
-        lengths, b, n = self.stream.lengths, self.batch_size, len(self.stream.lengths)
+        lengths, b, n = self.stream.lengths, batch_size or self.batch_size, len(self.stream.lengths)
         want = micro_batches if micro_batches else -(-n // b)
         widths, epoch = [], 0
         while len(widths) < want:
@@ -558,13 +558,15 @@ class Trial:
         widths = widths[:want]
         return sum(widths) / max(1, len(widths))
 
-    def set_grad_accum(self, grad_accum: int) -> None:
-        """Micro-batches per optimizer step from the next step on: the effective batch changes
-        (a time budget's cut when a useful run does not fit otherwise; autotrain/budget.py)."""
-        if grad_accum < 1:
-            raise ValueError("grad_accum must be at least 1")
-        self.grad_accum = grad_accum
-        self.args.update(grad_accum=grad_accum)
+    def set_grad_accum(self, grad_accum: int, batch_size: int | None = None) -> None:
+        """Micro-batches per optimizer step (and the micro-batch) from the next step on: the
+        effective batch changes (a time budget's cut when a useful run does not fit otherwise;
+        autotrain/budget.py). The stream of examples goes on where it is."""
+        batch_size = batch_size or self.batch_size
+        if grad_accum < 1 or batch_size < 1:
+            raise ValueError("grad_accum and batch_size must be at least 1")
+        self.grad_accum, self.batch_size = grad_accum, batch_size
+        self.args.update(grad_accum=grad_accum, batch_size=batch_size)
 
     def set_micro_batch(self, batch_size: int, grad_accum: int) -> None:
         """Change the micro-batch and accumulation (e.g. halve / double after an OOM). The

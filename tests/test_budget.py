@@ -185,7 +185,7 @@ def test_measured_step_time_from_the_search_records():
 
 # -- a useful run before a refusal: the accumulation cut, the evaluation's share ------------------
 SLOW = Measured(step_s=52.0, eval_s_per_example=1.5, trial_overhead_s=20.0, save_s=3.0)  # SmolLM2, 4x4 on 2 cores
-GEN = BudgetSettings(final_steps_wanted=675, n_val=32, n_test=32, max_configs=9, grad_accum=4)
+GEN = BudgetSettings(final_steps_wanted=675, n_val=32, n_test=32, max_configs=9, grad_accum=4, batch_size=4)
 
 
 def test_accumulation_ladder_halves_down_to_its_floor():
@@ -196,21 +196,24 @@ def test_accumulation_ladder_halves_down_to_its_floor():
 
 
 def test_accumulation_is_cut_only_when_no_useful_run_fits_at_the_advised_batch():
-    least_at_4 = least_budget(SLOW, BudgetSettings(**{**GEN.__dict__, "min_grad_accum": 4}))
+    least_at_4 = least_budget(SLOW, BudgetSettings(**{**GEN.__dict__, "min_grad_accum": 4, "batch_size": 1}))
     roomy = plan_budget(least_at_4, SLOW, GEN)
-    assert roomy.grad_accum == 4 and not any("accumulation cut" in w for w in roomy.warnings)
+    assert roomy.grad_accum == 4 and not any("batch cut" in w for w in roomy.warnings)
     tight = plan_budget(480, SLOW, GEN)  # 10 steps of 52 s cannot fit 8 minutes; of 26 s they can
     assert tight.grad_accum == 2 and tight.measured.step_s == pytest.approx(26.0)  # the least cut that fits
     assert tight.total_s <= 0.9 * 480 and tight.final_steps >= GEN.min_final_steps
-    assert any("accumulation cut to 2" in w and "26 s instead of 52 s" in w for w in tight.warnings)
+    assert any("batch cut to 4 x 2" in w and "26 s instead of 52 s" in w for w in tight.warnings)
     assert tight.to_dict()["grad_accum"] == 2
     tighter = plan_budget(400, SLOW, GEN)
     assert tighter.grad_accum == 1 and tighter.measured.step_s == pytest.approx(13.0)
-    with pytest.raises(AutoftError) as err:  # the least budget is the one at the smallest accumulation
-        plan_budget(240, SLOW, GEN)
-    assert "accumulation cut from 4 to 1" in str(err.value) and f"--time-budget {fmt_budget(least_budget(SLOW, GEN))}" in str(err.value)
-    with pytest.raises(AutoftError):  # several processes: one micro-batch each is the floor
-        plan_budget(480, SLOW, BudgetSettings(**{**GEN.__dict__, "min_grad_accum": 4}))
+    smaller = plan_budget(300, SLOW, GEN)  # then the micro-batch: 2 x 1, steps of 6.5 s
+    assert (smaller.batch_size, smaller.grad_accum) == (2, 1) and smaller.measured.step_s == pytest.approx(6.5)
+    assert smaller.to_dict()["batch_size"] == 2
+    with pytest.raises(AutoftError) as err:  # the least budget is the one at the smallest batch
+        plan_budget(150, SLOW, GEN)
+    assert "at the least batch, 1 x 1" in str(err.value) and f"--time-budget {fmt_budget(least_budget(SLOW, GEN))}" in str(err.value)
+    floor = plan_budget(480, SLOW, BudgetSettings(**{**GEN.__dict__, "min_grad_accum": 4}))
+    assert floor.grad_accum == 4 and floor.batch_size < 4  # several processes keep one micro-batch each
 
 
 def test_the_probes_steps_are_not_counted_twice():
@@ -223,8 +226,8 @@ def test_evaluation_is_capped_to_its_share_of_the_budget_and_grows_with_it():
     from autoft.autotrain.budget import EVAL_SHARE, MIN_EVAL_EXAMPLES, eval_cap
 
     assert eval_cap(None, 1.5, 200, 200) is None and eval_cap(3600, 0.001, 200, 200, baseline=True) is None
-    c = eval_cap(480, 1.5, 200, 200, baseline=True)  # 8 minutes, 1.5 s per example: 3 passes of 26
-    assert c == MIN_EVAL_EXAMPLES  # ...but never fewer than the floor
+    assert eval_cap(480, 1.5, 200, 200, baseline=True) == 26  # 8 minutes, 1.5 s per example: 3 passes of 26
+    assert eval_cap(240, 1.5, 200, 200, baseline=True) == MIN_EVAL_EXAMPLES  # 13 would fit: never under the floor
     assert eval_cap(2400, 1.5, 200, 200, baseline=True) == int(EVAL_SHARE * 2400 / (3 * 1.5)) == 133
     assert eval_cap(3600, 1.5, 200, 200, baseline=True) is None  # 600 examples x 1.5 s: a quarter of an hour
     caps = [eval_cap(t, 1.5, 500, 500, baseline=True) or 500 for t in (300, 600, 1200, 2400, 4800, 9600)]

@@ -2,6 +2,7 @@
 measured before training, and the probed steps reused exactly as the first trial's steps."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -121,6 +122,34 @@ def test_a_budget_sizes_the_baseline_and_refuses_after_the_first_step(llama_dir)
         assert r.baseline["examples"] == 6 and r.eval_cap == 6  # the sized baseline: the first 6 test examples
         assert r.grad_accum == 2 == r.trial.grad_accum and r.steps_done == 3  # 1 step of 4, then 2 timed of 2
         assert len(r.step_times) == 2 and r.samples_per_s == pytest.approx(16 / sum(r.step_times))
+    finally:
+        r.close()
+
+
+def test_the_step_time_is_scaled_to_the_padded_tokens_of_the_steps_it_predicts(llama_dir):
+    """The stream puts its longest examples first: the probe's steps are the run's dearest, so its
+    seconds per padded token times a typical step's padded tokens is the step time it reports."""
+    from autoft.autotrain.tasks import epoch_order
+
+    rows = easy_generation(n_train=40).splits["train"]
+    for i, r in enumerate(rows):  # lengths that vary: a few long answers
+        if i % 8 == 0:
+            r["messages"][1]["content"] = " ".join([r["messages"][1]["content"]] * 6)
+    data = easy_generation(n_train=40)
+    data.splits["train"] = rows
+    r = probe(dataclasses.replace(gen_spec(llama_dir), seq_len=64), data, {"learning_rate": 1e-3}, warmup=1, steps=2)
+    try:
+        t = r.trial
+        lengths = t.stream.lengths
+        order = epoch_order(lengths, t.stream.seed, 0, True)
+        widths = [max(lengths[i] for i in order[k:k + 4]) * len(order[k:k + 4]) for k in range(0, len(order), 4)]
+        assert t.padded_tokens_per_micro_batch() == pytest.approx(sum(widths) / len(widths))
+        assert t.padded_tokens_per_micro_batch(1) == widths[0] == max(widths)  # the longest come first
+        assert r.step_s == pytest.approx(r.s_per_padded_token * r.padded_per_micro_batch * r.grad_accum)
+        assert r.s_per_padded_token == pytest.approx(sum(r.step_times) / sum(widths[1:3]))  # after the warm-up step
+        assert r.step_s_over(t, 1, 1) > r.step_s_over(t, None, 1)  # a 1-step run: its longest batch only
+        assert r.step_s_over(t, None, 2, batch_size=2) == pytest.approx(
+            r.s_per_padded_token * t.padded_tokens_per_micro_batch(None, 2) * 2)
     finally:
         r.close()
 
