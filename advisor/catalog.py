@@ -140,8 +140,9 @@ def _catalog_rows() -> list[dict]:
         toml_path = Path(list(importlib.util.find_spec("autoft.rules").submodule_search_locations)[0]) / "models.toml"
     st = toml_path.stat()
     key = [str(toml_path), st.st_size, st.st_mtime_ns]
-    root = os.environ.get("AUTOFT_CACHE")
-    cache = (Path(root) if root else Path.home() / ".cache" / "autoft") / "models.toml.json"
+    from autoft.advisor.hub import cache_root
+
+    cache = cache_root() / "models.toml.json"
     try:
         with open(cache, encoding="utf-8") as fh:
             data = json.load(fh)

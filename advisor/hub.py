@@ -60,9 +60,15 @@ def reset_connectivity() -> None:
     _unreachable = None
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
+    """autoft's cache folder: $AUTOFT_CACHE, default ~/.cache/autoft (Hub metadata, the parsed
+    model table, converted GGUF models)."""
     root = os.environ.get("AUTOFT_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "autoft") / "hub"
+    return Path(root) if root else Path.home() / ".cache" / "autoft"
+
+
+def cache_dir() -> Path:
+    return cache_root() / "hub"
 
 
 def _cache_file(repo_id: str) -> Path:

@@ -199,7 +199,7 @@ class FinalRun:
                 if val is not None and (state.best is None or (val > state.best if plan.higher_is_better
                                                                else val < state.best)):
                     state.best, state.best_step, bad = val, trial.steps_done, 0
-                    state.best_eval = _jsonable(ev)
+                    state.best_eval = ev
                     if trial.steps_done < self.total:  # the last step's weights are in memory already
                         state.seconds = round(time.monotonic() - t0, 2)
                         self._save_best(trial, identity, state)
@@ -281,11 +281,6 @@ class FinalRun:
             test.update({k: v for k, v in tuned.items() if k not in ("examples",)}, generated_examples=tuned["examples"])
             state.baseline = {**(state.baseline or {}), **{k: v for k, v in base.items() if k != "examples"}}
             return samples
-
-
-def _jsonable(ev: dict) -> dict:
-    """An evaluation as final-state.json can hold it (tensors and numpy scalars as numbers)."""
-    return json.loads(json.dumps(ev, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
 
 
 def sample_prompts(bundle, n: int) -> list[str]:

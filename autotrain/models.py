@@ -48,11 +48,6 @@ def _not_available(source: str, err: Exception) -> AutoftError:
                        "check the model id or path, and your network or Hub token")
 
 
-def gguf_cache_root() -> Path:
-    root = os.environ.get("AUTOFT_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "autoft") / "gguf"
-
-
 def gguf_folder(gguf: str | os.PathLike) -> Path:
     """A .gguf file as a model folder (config, tokenizer, safetensors weights), converted once and
     kept under $AUTOFT_CACHE/gguf (default ~/.cache/autoft/gguf), keyed by the file's name, size
@@ -67,7 +62,9 @@ def gguf_folder(gguf: str | os.PathLike) -> Path:
     src = Path(gguf).expanduser().resolve()
     st = src.stat()
     key = f"{src.stem}-{st.st_size}-{st.st_mtime_ns}"
-    out = gguf_cache_root() / key
+    from autoft.advisor.hub import cache_root
+
+    out = cache_root() / "gguf" / key
     if (out / "model.safetensors").is_file() or (out / "model.safetensors.index.json").is_file():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer

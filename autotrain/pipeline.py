@@ -353,27 +353,20 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
 
     advised = plan.trial.grad_accum
 
-    def check(step_s: float, eval_s: float, build_s: float, timed: int) -> int:  # refuse at once, or cut
-        accum = probed_accum[0]
-        m = Measured(step_s=step_s * advised / accum, eval_s_per_example=eval_s, trial_overhead_s=build_s)
-        # (the probe keeps its micro-batch: the plan after it may cut that too)
-        try:  # step_s scaled to the advised accumulation: the planner cuts from there
-            bp = plan_budget(budget_s, m, settings(advised), elapsed_s=time.monotonic() - t_run)
+    def check(step_s: float, eval_s: float, build_s: float, timed: int) -> None:  # refuse at once
+        # the probe times steps of the least accumulation (`floor`): as a step of the advised one,
+        # from which the planner cuts the batch
+        m = Measured(step_s=step_s * advised / floor, eval_s_per_example=eval_s, trial_overhead_s=build_s)
+        try:
+            plan_budget(budget_s, m, settings(advised), elapsed_s=time.monotonic() - t_run)
         except AutoftError:
-            if timed > 1 and accum == floor:
-                raise  # a warm step at the least accumulation does not fit either: refuse now
-            bp = None  # the first step runs cold (allocations): time a warm one, at the least accumulation
-        new = min(accum, bp.grad_accum if bp is not None else floor)
-        if new != accum:
-            progress.emit("message", text=f"a step of {accum} micro-batches takes {step_s:.2g} s: too slow for "
-                          f"the {opts.time_budget} budget, timing {new} per step instead")
-        probed_accum[0] = new
-        return new
+            if timed > 1:
+                raise  # a warm step at the least batch does not fit either: refuse now
+            # the first step runs cold (allocations): time a warm one before refusing
 
     # with a budget the probe times steps of the least accumulation (a step of A micro-batches costs
     # about A of them): cheap to measure, and the planner chooses the accumulation from there
     probe_spec = dataclasses.replace(plan.trial, grad_accum=floor) if budget_s else plan.trial
-    probed_accum = [probe_spec.grad_accum]
     probed = probe(probe_spec, bundle, _first_hparams(plan), warmup=warmup, steps=steps, schedule=schedule,
                    eval_examples=min(64, n_val), baseline=generative,
                    factory=_trial_factory(trial_factory), scratch=str(out),

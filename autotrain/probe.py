@@ -174,10 +174,8 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
     except BaseException:
         trial.close()
         raise
-    warm_t, warm_p = (times[1:], padded[1:]) if warmup == 0 and len(times) > 1 else (times, padded)
-    s_tok = sum(warm_t) / sum(warm_p) if warm_p and all(warm_p) else 0.0
     return ProbeResult(step_s=_typical(times, padded, warmup, per_micro * trial.grad_accum),
-                       s_per_padded_token=s_tok, padded_per_micro_batch=per_micro, step_times=times, warmup_steps=warmup, build_s=build_s,
+                       s_per_padded_token=_seconds_per_token(times, padded, warmup), padded_per_micro_batch=per_micro, step_times=times, warmup_steps=warmup, build_s=build_s,
                        eval_s_per_example=eval_s, eval_examples=n_eval, checkpoint_s=ckpt_s,
                        samples_per_s=samples / max(sum(times), 1e-9), tokens_per_example=tokens / max(1, samples),
                        batch_size=trial.batch_size, grad_accum=trial.grad_accum, device=str(trial.device),
@@ -185,16 +183,21 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
                        gen_s_per_example=gen_s)
 
 
-def _typical(times: list[float], padded: list[int], warmup: int, step_tokens: float) -> float:
-    """Seconds of the run's typical step: the timed steps' seconds per padded token times the
-    padded tokens of a typical step (`step_tokens`; the first steps carry the longest examples,
-    see Trial.padded_tokens_per_micro_batch). Without a warm-up step the first timed step is left
-    out when there are others (a fresh Trial's first step allocates and picks kernels)."""
+def _seconds_per_token(times: list[float], padded: list[int], warmup: int) -> float:
+    """The timed steps' seconds per padded token (0.0 when a step's tokens are unknown). Without a
+    warm-up step the first timed step is left out when there are others (a fresh Trial's first
+    step allocates and picks kernels)."""
     if warmup == 0 and len(times) > 1:
         times, padded = times[1:], padded[1:]
-    if step_tokens > 0 and all(p > 0 for p in padded):
-        return sum(times) / sum(padded) * step_tokens
-    return statistics.median(times)
+    return sum(times) / sum(padded) if padded and all(p > 0 for p in padded) else 0.0
+
+
+def _typical(times: list[float], padded: list[int], warmup: int, step_tokens: float) -> float:
+    """Seconds of the run's typical step: seconds per padded token times the padded tokens of a
+    typical step (`step_tokens`; the first steps carry the longest examples, see
+    Trial.padded_tokens_per_micro_batch); the median step when tokens are not known."""
+    s_tok = _seconds_per_token(times, padded, warmup)
+    return s_tok * step_tokens if s_tok and step_tokens > 0 else statistics.median(times)
 
 
 def _time_eval(trial, split: str, n: int) -> tuple[float, int]:
