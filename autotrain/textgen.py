@@ -14,6 +14,13 @@ from typing import Any, Callable
 import torch
 
 SAMPLES = 3  # (source, reference, output) triples kept for the report
+# Decoding options per task, on top of greedy search. Summarization blocks repeated trigrams, the
+# summarization practice since Paulus et al. 2018 ("A Deep Reinforced Model for Abstractive
+# Summarization", trigram avoidance) and what facebook/bart-large-cnn's generation config ships
+# (no_repeat_ngram_size 3). Measured here: SmolLM2-135M after 12 LoRA steps on DialogSum looped
+# ("#Person1# is bored. #Person2# is bored. ...") and scored ROUGE-L 0.123 vs the base model's
+# 0.139 on 16 test dialogues; with trigram blocking, 0.254 vs 0.167.
+DECODING = {"summarization": {"no_repeat_ngram_size": 3}}
 
 
 def references(trial: Any, split: str) -> tuple[list[dict], list[str], list[str]]:
@@ -43,8 +50,10 @@ def default_length_cap(trial: Any) -> int:
     return max(1, min(length_cap(lengths) + (0 if trial.kind == "seq2seq" else 1), limit))
 
 
-def _prompts(trial: Any, records: list[dict]) -> list[list[int]]:
-    """Token ids of what the model reads for each record, exactly as in training."""
+def _prompts(trial: Any, records: list[dict], room: int = 0) -> list[list[int]]:
+    """Token ids of what the model reads for each record, cut as in training (a decoder's prompt
+    loses the middle of its text to leave `room` new tokens within seq_len, at most a quarter of it,
+    as training keeps at least a quarter of seq_len for the response)."""
     from autoft.autotrain.tasks import prompt_ids, split_messages
 
     tok = trial.tokenizer
@@ -54,8 +63,7 @@ def _prompts(trial: Any, records: list[dict]) -> list[list[int]]:
     out = []
     for r in records:
         msgs = r["messages"] if trial.task == "generation" else trial.messages(r)
-        ids = prompt_ids(tok, split_messages(msgs)[0])
-        out.append(ids[-trial.seq_len:])  # as training: a too-long prompt loses its start
+        out.append(prompt_ids(tok, split_messages(msgs)[0], trial.seq_len - min(room, trial.seq_len // 4)))
     return out
 
 
@@ -74,8 +82,9 @@ def _batch(ids: list[list[int]], pad_id: int, left: bool, device) -> tuple[torch
 @torch.no_grad()
 def generate(trial: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
              on_progress: Callable[[int, int], None] | None = None) -> list[str]:
-    """Greedy continuations of token-id prompts, decoded without special tokens. Prompts are
-    batched by length (less padding), and the outputs returned in the input order."""
+    """Greedy continuations of token-id prompts (with the task's DECODING options), decoded
+    without special tokens. Prompts are batched by length (less padding), and the outputs
+    returned in the input order."""
     model, tok = trial.model, trial.tokenizer
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
@@ -86,7 +95,8 @@ def generate(trial: Any, prompts: list[list[int]], max_new_tokens: int, batch_si
         with trial._autocast():
             gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                  do_sample=False, num_beams=1, use_cache=True,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                 **DECODING.get(trial.task, {}))
         if left:                 # a decoder returns the prompt too
             gen = gen[:, ids.shape[1]:]
         for i, text in zip(idx, tok.batch_decode(gen, skip_special_tokens=True)):
@@ -121,7 +131,7 @@ def evaluate_generation(trial: Any, split: str = "test", *, max_examples: int | 
     trial.model.eval()
     t0 = time.perf_counter()
     try:
-        outputs = generate(trial, _prompts(trial, records), cap, bs, on_progress)
+        outputs = generate(trial, _prompts(trial, records, cap), cap, bs, on_progress)
     finally:
         trial.model.train()
     scores = text_metrics(trial.task, outputs, refs, getattr(trial.bundle, "target_lang", None))

@@ -244,6 +244,30 @@ def test_a_decoder_trains_on_translation_with_instruction_prompts(tmp_path):
         t.close()
 
 
+def test_summaries_block_repeated_trigrams_translations_do_not(tmp_path):
+    import torch
+
+    from autoft.autotrain.trainer import Trial
+
+    torch.set_num_threads(1)
+    path = build_tiny_llama(tmp_path / "llama", small_tokenizer())
+    records = [{"source": "say red", "target": " ".join(["red"] * 16)}] * 4
+    outputs = {}
+    for task in ("summarization", "translation"):
+        bundle = easy_seq2seq(task)
+        bundle.splits = {"train": records, "validation": records, "test": records}
+        t = Trial(path, bundle, task=task, technique="full", hparams={"learning_rate": 1e-2}, batch_size=4, seq_len=48)
+        try:
+            t.train(20)  # trained on "red red red ...", greedy search repeats red
+            outputs[task] = t.evaluate_generation("test", max_examples=1, max_new_tokens=12)["samples"][0]["output"].split()
+        finally:
+            t.close()
+    assert outputs["translation"] == ["red"] * 12  # greedy search alone repeats
+    # trigram blocking (textgen.DECODING) bans a third "red red red" (on token ids: special tokens
+    # it emits instead are not in the decoded text, so the words alone cannot show it)
+    assert outputs["summarization"] != outputs["translation"]
+
+
 # -- estimator ----------------------------------------------------------------------------------
 def test_estimator_two_stacks_and_lora_count_matches_peft(tiny):
     from transformers import AutoConfig, AutoModelForSeq2SeqLM

@@ -90,6 +90,35 @@ def test_generation_truncation_keeps_part_of_the_response():
     assert sum(t != -100 for t in ex["labels"]) == 4  # "blue blue blue <|im_end|>"
 
 
+def test_long_prompt_loses_its_middle_not_the_template_or_the_instruction():
+    tok = small_tokenizer()
+    text = "hello " + " ".join(["red"] * 60) + " green blue"
+    msgs = [{"role": "system", "content": "you say colour"},
+            {"role": "user", "content": text + " . what is it ?"}]
+    full = tasks.prompt_ids(tok, msgs)
+    cut = tasks.prompt_ids(tok, msgs, 40)
+    assert len(full) > 60 and 30 <= len(cut) <= 40
+    decoded = tok.decode(cut)
+    # the template's start, the system prompt, the text's head and tail, the instruction after it,
+    # and the generation prompt are all still there; only "red"s were cut from the middle
+    assert decoded.startswith("<|im_start|> system you say colour <|im_end|> <|im_start|> user hello red")
+    assert decoded.endswith("green blue . what is it ? <|im_end|> <|im_start|> assistant")
+    assert decoded.count("red") < 60
+    assert tasks.prompt_ids(tok, msgs, len(full)) == full  # fits: unchanged
+
+
+def test_long_summarization_example_keeps_its_instruction_in_training():
+    tok = small_tokenizer()
+    msgs = tasks.seq2seq_messages({"source": " ".join(["red"] * 80), "target": "blue"}, "summarization")
+    assert msgs[0]["content"].endswith("Summarize the text above.")  # the instruction after the text
+    (ex,) = tasks.encode_generation([{"messages": msgs}], tok, 32)
+    prompt = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab == -100]
+    assert len(ex["input_ids"]) <= 32
+    # "Summarize the text above." in this small vocabulary: 4 unknown words, "the", 1 more, "."
+    assert tok.decode(prompt).endswith("red <unk> the <unk> <unk> . <|im_end|> <|im_start|> assistant")
+    assert tok.decode([t for t in ex["labels"] if t != -100]) == "blue <|im_end|>"
+
+
 def test_generation_rejects_example_without_response():
     with pytest.raises(AutoftError, match="assistant"):
         tasks.encode_generation([{"messages": [{"role": "user", "content": "hi"}]}], small_tokenizer(), 32)
