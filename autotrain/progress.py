@@ -18,7 +18,8 @@ as a dict {"kind": ..., **fields, "elapsed_s": ..., "eta_s": ...}. Kinds:
     done         output_dir, seconds
 
 ETA: the bus tracks the phase's planned steps and how many are done, and adds `eta_s` (seconds,
-from the phase's own rate so far) to step events.
+from the phase's own rate since its first step event; at that first event, since the phase began)
+to step events.
 """
 from __future__ import annotations
 
@@ -63,6 +64,10 @@ class Progress:
                 self._phase_first = (now, done)
             t_first, d_first = self._phase_first
             rate = (done - d_first) / (now - t_first) if now > t_first and done > d_first else None
+            if rate is None and done and now > self._phase_t0:
+                # the first step event of the phase: its rate since the phase began (warm-up
+                # included) rather than no ETA until the next one, which may be many minutes away
+                rate = done / (now - self._phase_t0)
             ev["eta_s"] = round(max(0, self._phase_total - done) / rate, 1) if rate else None
         for fn in list(self.listeners):
             try:

@@ -246,3 +246,18 @@ def test_store_skips_a_line_cut_short_by_a_crash(tmp_path):
     assert st2.finished() == {(0, 0)}
     st2.append({"trial": 1, "rung": 0, "metric": 0.6, "seconds": 2.0})
     assert TrialStore(p).finished() == {(0, 0), (1, 0)} and TrialStore(p).search_seconds() == 3.0
+
+
+def test_eta_is_known_at_the_first_step_event(monkeypatch):
+    from autoft.autotrain import progress
+
+    clock = iter([0.0, 0.0, 100.0, 200.0])  # bus created, phase starts, steps 10 and 20 logged
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    rec = progress.Recorder()
+    bus = progress.Progress([rec])
+    bus.emit("phase", total_steps=40)
+    bus.emit("step", done_steps=10)
+    bus.emit("step", done_steps=20)
+    first, second = rec.of("step")
+    assert first["eta_s"] == 300.0   # 30 steps left at 10 steps per 100 s since the phase began
+    assert second["eta_s"] == 200.0  # 20 left at the rate since the first step event
