@@ -104,9 +104,12 @@ def block_linears(spec: ModelSpec) -> list[tuple[str, int, int]]:
 
 
 def adapter_roles(spec: ModelSpec, setup: TrainSetup) -> set[str]:
-    """Block linears with a LoRA adapter: every one (all-linear), or peft's attention targets for
-    the model type (all-linear where peft's table has none, as autoft's lora technique does)."""
+    """Block linears with a LoRA adapter: every one (all-linear), every attention projection
+    (qkvo, a fused qkv included), or peft's attention targets for the model type (all-linear where
+    peft's table has none, as autoft's lora technique does)."""
     roles = {r for r, _, _ in block_linears(spec)}
+    if setup.lora_targets == "qkvo":
+        return roles & {"q", "k", "v", "o", "qkv"}
     attention = template(spec).attention_roles
     if setup.lora_targets == "attention" and attention is not None:
         return roles & set(attention)

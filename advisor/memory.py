@@ -182,8 +182,13 @@ def layer_linears(spec: ModelSpec) -> list[tuple[str, int, int]]:
 
 
 def lora_targets(setup: TrainSetup) -> set[str]:
-    # "attention": peft's defaults for Llama/BERT-like models (q_proj+v_proj, query+value)
-    return {"q", "v"} if setup.lora_targets == "attention" else {"q", "k", "v", "o", "gate", "up", "down"}
+    # "attention": peft's defaults for Llama/BERT-like models (q_proj+v_proj, query+value);
+    # "qkvo": all four attention projections (what fms-acceleration's and many recipes' rows use)
+    if setup.lora_targets == "attention":
+        return {"q", "v"}
+    if setup.lora_targets == "qkvo":
+        return {"q", "k", "v", "o"}
+    return {"q", "k", "v", "o", "gate", "up", "down"}
 
 
 def lora_params(spec: ModelSpec, setup: TrainSetup) -> int:

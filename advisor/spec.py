@@ -145,7 +145,7 @@ class TrainSetup:
     gradient_checkpointing: bool = False
     optimizer: Optimizer = "adamw"
     lora_rank: int = 16
-    lora_targets: Literal["attention", "all-linear"] = "all-linear"
+    lora_targets: Literal["attention", "qkvo", "all-linear"] = "all-linear"  # attention: q, v
     freeze_layers: int | None = None  # freeze: bottom layers kept frozen (None: all but the top quarter)
     num_labels: int = 2  # classification head width
     # summarization/translation on an encoder-decoder: decoder (target) length in tokens, while

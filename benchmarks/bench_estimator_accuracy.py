@@ -2,12 +2,15 @@
 
     python benchmarks/bench_estimator_accuracy.py [--fit] [--out benchmarks/results]
 
-Reads benchmarks/data/published_memory.json (each row: model architecture, setup, the measured
-figure, what was measured and its source), predicts the comparable quantity with
+Reads benchmarks/data/published_memory.json (each row: model architecture, setup as the source
+states it (technique, precision, attention kernel, LoRA rank and targets), the training stack, the
+measured figure, what was measured and its source), predicts the comparable quantity with
 autoft.advisor.memory (allocated: no context, no allocator margin; reserved: no context;
 nvidia-smi: everything, with the context the source itself measured when it did), and writes
 estimator_accuracy.json (per row and summary: median / worst relative error, under-predictions)
-and estimator_accuracy.png (predicted vs measured). `--fit` refits the calibration constants on
+and estimator_accuracy.png (predicted vs measured). The summaries count rows of autoft's own stack
+(transformers + peft + torch AdamW, `like_ours`); other stacks are scored apart, and per stack.
+`--fit` refits the calibration constants on
 the rows not marked held_out and reports the held-out rows separately; without it the shipped
 constants (autoft.advisor.memory.CONSTANTS) are scored. Pure Python + matplotlib; no GPU.
 """
@@ -48,6 +51,8 @@ def score(rows: list[tuple[dict, Measurement]], base) -> list[dict]:
         est = estimate(m.spec, m.setup, cst, m.dtype_policy)
         pred = m.measured_bytes * (1 + err)
         res.append({"id": row["id"], "model": row["model"], "technique": m.setup.technique, "kind": m.kind,
+                    "stack": row.get("stack", "not stated"), "like_ours": bool(row.get("like_ours")),
+                    "lora_targets": m.setup.lora_targets if m.setup.technique in ("lora", "qlora") else None,
                     "held_out": bool(row.get("held_out")), "reliability": row.get("reliability", "high"),
                     "measured_gib": round(m.measured_bytes / 1024**3, 3),
                     "predicted_gib": round(pred / 1024**3, 3), "relative_error": round(err, 4),
@@ -117,10 +122,15 @@ def main(argv=None) -> int:
         "constants_note": ("refitted in this run on the calibration rows" if fitted is not None else
                            "the shipped constants (autoft.advisor.memory.CONSTANTS), which were fitted with --fit "
                            "on the calibration rows; held-out rows were not used"),
-        "all": summary(res),
-        "calibration_rows": summary([r for r in res if not r["held_out"]]),
-        "held_out_rows": summary([r for r in res if r["held_out"]]),
-        "without_low_reliability_rows": summary([r for r in res if not r["reliability"].startswith("low")]),
+        # the goal counts rows of autoft's own stack (transformers + peft + torch AdamW), each compared
+        # with the estimate for its stated settings and the same kind of measurement; other stacks apart
+        "all": summary([r for r in res if r["like_ours"]]),
+        "other_stacks": summary([r for r in res if not r["like_ours"]]),
+        "by_stack": {k: summary([r for r in res if r["stack"] == k]) for k in sorted({r["stack"] for r in res})},
+        "calibration_rows": summary([r for r in res if not r["held_out"] and r["like_ours"]]),
+        "held_out_rows": summary([r for r in res if r["held_out"] and r["like_ours"]]),
+        "without_low_reliability_rows": summary([r for r in res if not r["reliability"].startswith("low")
+                                                 and r["like_ours"]]),
         "rows": res,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +142,7 @@ def main(argv=None) -> int:
     for r in res:
         print(f"{r['id']:<45} {r['kind']:<10} measured {r['measured_gib']:7.2f}  predicted {r['predicted_gib']:7.2f} GiB"
               f"  {100 * r['relative_error']:+6.1f}%{'  (held out)' if r['held_out'] else ''}")
-    for k in ("all", "calibration_rows", "held_out_rows", "without_low_reliability_rows"):
+    for k in ("all", "other_stacks", "calibration_rows", "held_out_rows", "without_low_reliability_rows"):
         print(k, out[k])
     return 0
 

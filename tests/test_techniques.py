@@ -159,6 +159,37 @@ def test_lora_attention_targets_come_from_peft_table():
     assert lora.target_modules("llama", "all-linear") == "all-linear"
 
 
+def test_lora_qkvo_targets_every_attention_projection_and_nothing_else():
+    from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+
+    assert lora.target_modules("llama", "qkvo", tiny_llama()) == [
+        "self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"]
+    # BERT: the attention output's dense layer, not the MLP's output.dense
+    assert lora.target_modules("bert", "qkvo", tiny_bert()) == [
+        "attention.output.dense", "self.key", "self.query", "self.value"]
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2))
+    assert {n.split(".")[0] for n in lora.target_modules("t5", "qkvo", t5)} == {"SelfAttention", "EncDecAttention"}
+    bart = BartForConditionalGeneration(BartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1,
+                                                   encoder_attention_heads=2, decoder_attention_heads=2,
+                                                   encoder_ffn_dim=32, decoder_ffn_dim=32))
+    assert "encoder_attn.out_proj" in lora.target_modules("bart", "qkvo", bart)
+    m = lora.apply(tiny_llama(), lora.LoraConfig(lora_r=4, lora_targets="qkvo"), "generation")
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n in trainable(m) if ".lora_A" in n}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def test_estimator_counts_the_same_qkvo_adapters_peft_trains():
+    from autoft.advisor.catalog import spec_from_config
+    from autoft.advisor.memory import lora_params
+    from autoft.advisor.spec import TrainSetup
+
+    base = tiny_llama()
+    spec = spec_from_config(base.config.to_dict(), "tiny")
+    m = lora.apply(base, lora.LoraConfig(lora_r=4, lora_targets="qkvo"), "generation")
+    n = sum(p.numel() for name, p in m.named_parameters() if p.requires_grad)
+    assert lora_params(spec, TrainSetup(lora_rank=4, lora_targets="qkvo")) == n
+
+
 def test_qlora_quantization_config_is_nf4_double_quant():
     q = qlora.quantization_config("bf16")
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant

@@ -61,8 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="adamw (default), adamw-8bit "
                    "or paged-adamw-8bit")
     s.add_argument("--lora-rank", type=_int, default=16, metavar="R", help="LoRA rank (default 16)")
-    s.add_argument("--lora-targets", choices=("all-linear", "attention"), default="all-linear",
-                   help="LoRA on every linear layer (default) or on the attention q and v projections")
+    s.add_argument("--lora-targets", choices=("all-linear", "attention", "qkvo"), default="all-linear",
+                   help="LoRA on every linear layer (default), on the attention q and v projections "
+                        "(attention), or on all four attention projections q, k, v, o (qkvo)")
     s.add_argument("--grad-accum", type=_int, default=None, metavar="N",
                    help="--trace: micro-batches per optimizer step (default: unknown, traced as accumulating: "
                         "gradients live through the forward; 1: they do not). The prediction always counts "

@@ -11,7 +11,7 @@ from autoft.errors import AutoftError
 NAME = "lora"
 HELP = "train low-rank adapters (peft); the base model stays frozen"
 DEFAULT_LR = 2e-4
-TARGETS = ("all-linear", "attention")
+TARGETS = ("all-linear", "attention", "qkvo")
 
 
 @dataclass
@@ -20,7 +20,8 @@ class LoraConfig:
     lora_alpha: float | None = field(default=None, metadata={"help": "scaling alpha (default 2 x r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the adapter input (0-0.1)"})
     lora_targets: str = field(default="all-linear", metadata={
-        "help": "all-linear (every linear layer but the output) or attention (the model type's attention projections)"})
+        "help": "all-linear (every linear layer but the output), attention (peft's attention targets for the "
+                "model type, q and v on most) or qkvo (every attention projection: q, k, v and o)"})
 
     def __post_init__(self) -> None:
         self.lora_r = int(self.lora_r)
@@ -33,17 +34,48 @@ class LoraConfig:
         if not 0.0 <= self.lora_dropout < 1.0:
             raise AutoftError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}", "use 0, 0.05 or 0.1")
         if self.lora_targets not in TARGETS:
-            raise AutoftError(f"unknown LoRA targets {self.lora_targets!r}", "use all-linear or attention")
+            raise AutoftError(f"unknown LoRA targets {self.lora_targets!r}", "use all-linear, attention or qkvo")
 
 
-def target_modules(model_type: str, targets: str):
-    """peft target_modules for a model type: "all-linear", or the model type's attention
-    projections from peft's own table (falling back to all-linear for unknown types)."""
+def target_modules(model_type: str, targets: str, model=None):
+    """peft target_modules for a model type: "all-linear", the model type's attention projections
+    from peft's own table (falling back to all-linear for unknown types), or for "qkvo" every
+    linear layer inside the model's attention modules (`attention_linears`, needs the model)."""
+    if targets == "qkvo":
+        if model is None:
+            raise ValueError("qkvo targets are found in the model: pass it")
+        return attention_linears(model)
     if targets == "attention":
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as table
         if model_type in table:
             return list(table[model_type])
     return "all-linear"
+
+
+def attention_linears(model) -> list[str]:
+    """Names (as peft suffixes) of every linear layer inside an attention module (a module whose
+    class name has "Attention": LlamaAttention, BertAttention, T5Attention, BartAttention,
+    DistilBERT's MultiHeadSelfAttention, ...), cross-attention included. Each name is the innermost
+    such module's own attribute name plus the path inside it ("self_attn.q_proj", BERT's
+    "self.query" and "attention.output.dense"), which keeps an MLP layer of the same leaf name
+    (BERT's other "output.dense") out. Finding them in the model rather than in a table covers every
+    architecture, fused projections (phi3's qkv_proj, GPT-2's c_attn) included."""
+    linear_types = ("Linear", "Conv1D", "Linear4bit", "Linear8bitLt")
+    names: set[str] = set()
+    attention: list[str] = []  # attention modules seen so far (named_modules walks parents first)
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if "Attention" in kind and name:
+            attention.append(name)
+        elif kind in linear_types:
+            inside = [a for a in attention if name.startswith(a + ".")]
+            if inside:
+                attn = max(inside, key=len)
+                names.add(attn.rsplit(".", 1)[-1] + name[len(attn):])
+    if not names:
+        raise AutoftError("no linear layer inside an attention module was found for LoRA qkvo targets",
+                          "use --lora-targets all-linear or attention")
+    return sorted(names)
 
 
 def peft_config(model, config: LoraConfig, task: str):
@@ -63,7 +95,7 @@ def peft_config(model, config: LoraConfig, task: str):
     return PeftLoraConfig(
         task_type=task_type,
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=target_modules(getattr(model.config, "model_type", ""), config.lora_targets),
+        target_modules=target_modules(getattr(model.config, "model_type", ""), config.lora_targets, model),
         exclude_modules=inner or None,
         modules_to_save=heads or None,
     )
