@@ -109,10 +109,17 @@ class BudgetPlan:
     replans: int = 0
     grad_accum: int = 0  # micro-batches per step the plan trains with (0: settings.grad_accum)
     batch_size: int = 0  # the micro-batch the plan trains with (0: settings.batch_size)
+    # the phases as first planned (what the user was told before training); a re-plan changes
+    # `phases` (its "spent" then holds everything run so far) but never this
+    planned: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.grad_accum = self.grad_accum or self.settings.grad_accum
         self.batch_size = self.batch_size or self.settings.batch_size
+        if not self.planned:
+            self.planned = dict(self.phases)
+            # what was spent before the plan (the probe, loading) is measured, not predicted
+            self.actual.setdefault("spent", round(float(self.phases.get("spent", 0.0)), 2))
 
     @property
     def search(self) -> bool:
@@ -160,8 +167,13 @@ class BudgetPlan:
                 "continued_from_step": self.winner_steps, "eval_every": self.eval_every,
                 "val_examples": self.val_examples, "eval_examples": self.settings.eval_cap,
                 "grad_accum": self.grad_accum, "batch_size": self.batch_size, "elapsed_s": round(self.elapsed_s, 2),
-                "phases": {k: {"predicted_s": round(v, 1), "actual_s": self.actual.get(k)} for k, v in self.phases.items()},
-                "predicted_total_s": round(self.total_s, 1),
+                # predicted: as first planned; replanned (after a re-plan): the latest plan, whose
+                # "spent" is everything run by then; actual: as the run measured each phase
+                "phases": {k: {"predicted_s": round(v, 1), "actual_s": self.actual.get(k),
+                               **({"replanned_s": round(self.phases.get(k, 0.0), 1)} if self.replans else {})}
+                           for k, v in self.planned.items()},
+                "predicted_total_s": round(sum(self.planned.values()), 1),
+                "replanned_total_s": round(self.total_s, 1) if self.replans else None,
                 "actual_total_s": round(sum(self.actual.values()), 1) if self.actual else None,
                 "measured": asdict(self.measured), "settings": asdict(self.settings),
                 "warnings": list(self.warnings), "replans": self.replans, "text": self.text()}

@@ -121,6 +121,7 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
             lines.append(f"| {k} | {_fmt(test.get(k))} | {_fmt(base.get(k))} |")
     lines.append("")
     lines += text_metrics_note(metrics)
+    lines += time_lines(metrics.get("budget"))
     reasons = rec.get("reasons") or []
     if reasons:
         lines += ["## Why this setup", ""]
@@ -172,6 +173,31 @@ def write_report(out_dir, rec: dict, metrics: dict, records: list[dict], history
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+PHASE_NAMES = {"spent": "before the plan (probe, loading)", "search": "search", "final": "final fine-tune",
+               "evaluation": "evaluation", "save": "saving"}
+
+
+def time_lines(budget: dict | None) -> list[str]:
+    """The time plan (--time-budget) as predicted before training and as it ran, per phase."""
+    if not budget or not budget.get("phases"):
+        return []
+    limit = budget.get("budget_s")
+    replanned = bool(budget.get("replans"))
+    head = f"## Time ({'budget ' + _fmt(limit) + ' s' if limit else 'no budget'})"
+    lines = [head, "", f"Plan: {budget.get('text', '')}.", "",
+             "| phase | predicted (s) |" + (" re-planned (s) |" if replanned else "") + " actual (s) |",
+             "|---|---:|" + ("---:|" if replanned else "") + "---:|"]
+    for k, v in budget["phases"].items():
+        actual = v.get("actual_s")
+        lines.append(f"| {PHASE_NAMES.get(k, k)} | {_fmt(v.get('predicted_s'))} |"
+                     + (f" {_fmt(v.get('replanned_s'))} |" if replanned else "")
+                     + (f" {_fmt(actual)} |" if actual is not None else " (after this report) |"))
+    lines.append(f"| total | {_fmt(budget.get('predicted_total_s'))} |"
+                 + (f" {_fmt(budget.get('replanned_total_s'))} |" if replanned else "")
+                 + f" {_fmt(budget.get('actual_total_s'))} so far |")
+    return lines + [""]
 
 
 def text_metrics_note(metrics: dict) -> list[str]:

@@ -3,6 +3,8 @@ more budget never less work, the refusal of a budget too small with the least bu
 and re-planning from slower measured times."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from autoft.autotrain.budget import (BudgetSettings, Measured, fmt_budget, least_budget, plan_budget, replan,
@@ -98,6 +100,20 @@ def test_plan_text_and_dict_say_predicted_and_actual_per_phase():
     assert d["phases"]["search"] == {"predicted_s": round(p.phases["search"], 1), "actual_s": 700.0}
     assert d["phases"]["final"]["actual_s"] is None and d["n_configs"] == 9 and d["continued_from_step"] == 300
     assert d["predicted_total_s"] == pytest.approx(p.total_s, abs=0.1)
+    assert d["phases"]["spent"] == {"predicted_s": 0.0, "actual_s": 0.0} and d["replanned_total_s"] is None
+
+
+def test_a_replan_keeps_the_first_prediction_for_predicted_vs_actual():
+    p = plan_budget(1800, M, S, elapsed_s=60.0)
+    q = replan(p, replace(M, step_s=2 * M.step_s), elapsed_s=900.0, rungs_done=len(p.rungs))
+    q.record("final", 500.0)
+    d = q.to_dict()
+    # the user was told p's figures before training: those stay the prediction
+    assert d["predicted_total_s"] == pytest.approx(p.total_s, abs=0.1)
+    assert d["phases"]["final"]["predicted_s"] == round(p.phases["final"], 1)
+    assert d["phases"]["final"]["replanned_s"] == round(q.phases["final"], 1) != d["phases"]["final"]["predicted_s"]
+    assert d["phases"]["spent"] == {"predicted_s": 60.0, "actual_s": 60.0, "replanned_s": 900.0}
+    assert d["actual_total_s"] == 560.0 and d["replanned_total_s"] == pytest.approx(q.total_s, abs=0.1)
 
 
 def test_final_evaluations_are_fewer_when_one_costs_more_than_its_share():

@@ -53,3 +53,19 @@ def test_multilabel_report_and_card_show_labels_threshold_and_baseline(tmp_path)
     assert "at least 0.3 (tuned on validation)" in text
     card = card_text({"model": {"id": "m"}, "technique": "full"}, metrics, "emotions", "autoft run")
     assert "each label's majority value" in card and "| micro_f1 | 0.61 |" in card and "sigmoid" in card
+
+
+def test_report_shows_the_time_plan_predicted_replanned_and_actual(tmp_path):
+    from autoft.autotrain.budget import BudgetSettings, Measured, plan_budget, replan
+
+    m = Measured(step_s=1.0, eval_s_per_example=0.01)
+    plan = plan_budget(1800, m, BudgetSettings(final_steps_wanted=800, n_val=100, n_test=100), elapsed_s=30.0)
+    plan = replan(plan, Measured(step_s=2.0, eval_s_per_example=0.01), elapsed_s=1000.0, rungs_done=len(plan.rungs))
+    plan.record("final", 640.0)
+    metrics = {"metric": "accuracy", "test": {"accuracy": 0.8}, "budget": plan.to_dict()}
+    text = write_report(tmp_path, rec={"technique": "full"}, metrics=metrics, records=[], history={},
+                        search=None, command="autoft run").read_text(encoding="utf-8")
+    assert "## Time (budget 1800 s)" in text and f"Plan: {plan.text()}." in text
+    assert "| phase | predicted (s) | re-planned (s) | actual (s) |" in text
+    assert "| before the plan (probe, loading) | 30 | 1000 | 30 |" in text
+    assert "| saving |" in text and "(after this report)" in text
