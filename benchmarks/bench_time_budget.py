@@ -15,12 +15,15 @@ Two measurements, each driving `autoft run` as a subprocess (exactly what a user
            Goal: autoft at least matches the defaults' mean test accuracy on every set and beats
            it on at least two.
 
-    python benchmarks/bench_time_budget.py budgets [--seeds 1] [--budgets 2,4,6,8,12,16,20]
+    python benchmarks/bench_time_budget.py budgets [--seeds 1] [--budgets 2,4,6,8,12,16,20] [--sets sst2-8530,alpaca]
     python benchmarks/bench_time_budget.py worth [--seeds 3]
     python benchmarks/bench_time_budget.py smoke      # plumbing only: 64 sst2 rows, a few steps
 
 Writes benchmarks/results/time_budget.json + .png and worth_its_time.json + .png (smoke: a
-temporary folder). Heavy: the full `budgets` run takes about 5 h, `worth` about 4 h on 2 cores.
+temporary folder). Heavy: the full `budgets` run takes about 5 h, `worth` about 4 h on 2 cores, so
+`budgets` can be run a few sets at a time: rows already in time_budget.json for other (set,
+minutes, seed) are kept, those re-run are replaced, and the file is rewritten after every run (an
+interrupted benchmark keeps what it measured).
 """
 from __future__ import annotations
 
@@ -126,9 +129,25 @@ def budget_sets(tmp: Path, smoke: bool) -> list[tuple[str, Path, str]]:
             ("alpaca", make_slice(tmp, "alpaca", None), smollm2())]
 
 
+BUDGET_SETS = ("sst2-8530", "banking77", "alpaca")
+
+
 def run_budgets(a, tmp: Path) -> dict:
-    rows = []
+    path = a.results_dir / "time_budget.json"
+    kept = [] if a.smoke else _read(path).get("rows", [])
+    rows: list[dict] = []
+
+    def save():  # after every run: earlier rows of other settings, then this run's
+        new = {(r["data"], r["minutes"], r["seed"]) for r in rows}
+        allrows = [r for r in kept if (r["data"], r["minutes"], r["seed"]) not in new] + rows
+        res = {"rows": allrows, "summary": _budget_summary(allrows)}
+        _finish(res, a, "time_budget")
+        return res
+
+    res = save() if kept else {"rows": [], "summary": {}}
     for name, data, model in budget_sets(tmp, a.smoke):
+        if not a.smoke and name not in a.sets:
+            continue
         for minutes in a.budgets:
             for seed in range(a.seeds):
                 out = tmp / f"{name}-{minutes}m-{seed}"
@@ -137,7 +156,8 @@ def run_budgets(a, tmp: Path) -> dict:
                 print(json.dumps({k: r.get(k) for k in ("data", "minutes", "seed", "wall_s", "exit", "score",
                                                         "within", "prediction_error")}), file=sys.stderr, flush=True)
                 rows.append(r)
-    return {"rows": rows, "summary": _budget_summary(rows)}
+                res = save()
+    return res
 
 
 def _within(r: dict) -> bool | None:
@@ -170,7 +190,20 @@ def _budget_summary(rows: list[dict]) -> dict:
             "refused": sum(1 for r in rows if r["exit"] == 2),
             "prediction_within_20pct": sum(1 for e in errs if e <= 0.2), "with_prediction": len(errs),
             "median_prediction_error": round(statistics.median(errs), 3) if errs else None,
-            "score_by_budget": monotone}
+            "score_by_budget": monotone, "advisor_samples_per_s": _speed_summary(rows)}
+
+
+def _speed_summary(rows: list[dict]) -> dict:
+    """The advisor's predicted samples/s for the final run vs the final run's measured samples/s
+    (issue 20's goal: within 25%), per data set."""
+    out = {}
+    for name in dict.fromkeys(r["data"] for r in rows):
+        errs = [r["advisor_samples_per_s"] / r["measured_samples_per_s"] - 1 for r in rows if r["data"] == name
+                and r.get("advisor_samples_per_s") and r.get("measured_samples_per_s")]
+        if errs:
+            out[name] = {"runs": len(errs), "median_error": round(statistics.median(errs), 3),
+                         "within_25pct": sum(abs(e) <= 0.25 for e in errs)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,30 +258,45 @@ def main() -> None:
     ap.add_argument("--budgets", default="2,4,6,8,12,16,20", help="minutes, comma-separated")
     ap.add_argument("--hand-seq-len", type=int, default=128, help="the by-hand run's truncation length")
     ap.add_argument("--autoft-args", default="", help="extra `autoft run` arguments, e.g. '--search-trials 6'")
+    ap.add_argument("--sets", default=",".join(BUDGET_SETS), help="budgets: the data sets to run, comma-separated")
     ap.add_argument("--results", default=str(RESULTS), help="where the JSON and PNG go")
     a = ap.parse_args()
+    a.sets = a.sets.split(",")
+    unknown = set(a.sets) - set(BUDGET_SETS)
+    if unknown:
+        ap.error(f"unknown --sets {sorted(unknown)}: choose from {', '.join(BUDGET_SETS)}")
     a.smoke = a.what == "smoke"
     a.budgets = [0.5, 1.0] if a.smoke else [float(x) for x in a.budgets.split(",")]
     a.seeds = a.seeds or (1 if a.what in ("budgets", "smoke") else 3)
     a.autoft_args = a.autoft_args.split()
     if a.smoke and not a.autoft_args:  # plumbing only: a few steps, whatever the budget plans
         a.autoft_args = ["--max-steps", "6", "--search-trials", "2", "--min-steps", "2", "--seq-len", "32"]
-    results = Path(tempfile.mkdtemp(prefix="autoft-bench-smoke-")) if a.smoke else Path(a.results)
-    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    a.results_dir = Path(tempfile.mkdtemp(prefix="autoft-bench-smoke-")) if a.smoke else Path(a.results)
+    a.machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    a.started = time.time()
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         jobs = [("time_budget", run_budgets), ("worth_its_time", run_worth)] if a.smoke else \
             [("time_budget", run_budgets)] if a.what == "budgets" else [("worth_its_time", run_worth)]
         for name, job in jobs:
-            t0 = time.time()
+            a.started = time.time()
             res = job(a, tmp)
-            res.update(benchmark=f"autoft run --time-budget: {name}", settings=vars(a) | {"budgets": a.budgets},
-                       machine=machine | {"load_average_at_end": os.getloadavg()}, wall_seconds=round(time.time() - t0, 1))
-            results.mkdir(parents=True, exist_ok=True)
-            (results / f"{name}.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
-            (_plot_budgets if name == "time_budget" else _plot_worth)(res, results / f"{name}.png")
+            if name != "time_budget":  # run_budgets writes its file after every run
+                _finish(res, a, name)
             print(json.dumps(res["summary"], indent=1))
-    print(f"results in {results}", file=sys.stderr)
+    print(f"results in {a.results_dir}", file=sys.stderr)
+
+
+def _finish(res: dict, a, name: str) -> None:
+    """Write `name`.json (+ .png) with the settings and the machine's load."""
+    settings = {k: v for k, v in vars(a).items() if k not in ("machine", "started", "results_dir")}
+    res.update(benchmark=f"autoft run --time-budget: {name}", settings=settings | {"budgets": a.budgets},
+               machine=a.machine | {"load_average_at_end": os.getloadavg()},
+               wall_seconds=round(time.time() - a.started, 1))
+    a.results_dir.mkdir(parents=True, exist_ok=True)
+    (a.results_dir / f"{name}.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    if res.get("rows"):
+        (_plot_budgets if name == "time_budget" else _plot_worth)(res, a.results_dir / f"{name}.png")
 
 
 def _plot_budgets(res: dict, path: Path) -> None:
