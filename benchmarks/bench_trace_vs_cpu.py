@@ -112,14 +112,14 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = plt.subplots(figsize=(8, 4.4))
     names = [r["case"] for r in rows]
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [r["traced_peak_bytes"] / 2**30 for r in rows], 0.4, label="traced peak (fake tensors)")
     ax.bar([i + 0.2 for i in x], [r["real_peak_bytes"] / 2**30 for r in rows], 0.4, label="real: peak RSS growth")
     for i, r in zip(x, rows):
         ax.text(i + 0.2, r["real_peak_bytes"] / 2**30, f"{r['ratio_real_over_traced']:.2f}x", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(x), names, fontsize=8)
+    ax.set_xticks(list(x), names, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("GiB")
     ax.set_title("autoft's training step on this CPU: traced vs real peak", fontsize=10)
     ax.legend(fontsize=8)
