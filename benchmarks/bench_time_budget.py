@@ -194,15 +194,21 @@ def _budget_summary(rows: list[dict]) -> dict:
 
 
 def _speed_summary(rows: list[dict]) -> dict:
-    """The advisor's predicted samples/s for the final run vs the final run's measured samples/s
-    (issue 20's goal: within 25%), per data set."""
+    """Predicted samples/s for the final run vs the final run's measured samples/s (issue 20's
+    goal: within 25%), per data set: the advisor's model (recommendation.json, no probe: FLOPs at
+    an assumed CPU throughput) and the run's probe (measured steps, what the plan and
+    `autoft advise --measure` use)."""
     out = {}
     for name in dict.fromkeys(r["data"] for r in rows):
-        errs = [r["advisor_samples_per_s"] / r["measured_samples_per_s"] - 1 for r in rows if r["data"] == name
-                and r.get("advisor_samples_per_s") and r.get("measured_samples_per_s")]
-        if errs:
-            out[name] = {"runs": len(errs), "median_error": round(statistics.median(errs), 3),
-                         "within_25pct": sum(abs(e) <= 0.25 for e in errs)}
+        per = {}
+        for key, label in (("advisor_samples_per_s", "advisor_model"), ("probe_samples_per_s", "probe")):
+            errs = [r[key] / r["measured_samples_per_s"] - 1 for r in rows if r["data"] == name
+                    and r.get(key) and r.get("measured_samples_per_s")]
+            if errs:
+                per[label] = {"runs": len(errs), "median_error": round(statistics.median(errs), 3),
+                              "within_25pct": sum(abs(e) <= 0.25 for e in errs)}
+        if per:
+            out[name] = per
     return out
 
 
