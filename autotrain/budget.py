@@ -335,10 +335,10 @@ MIN_EVAL_EXAMPLES = 16  # ...but never fewer examples per pass than this (or the
 
 def eval_cap(budget_s: float | None, eval_s_per_example: float, n_val: int, n_test: int, baseline: bool = False,
              share: float = EVAL_SHARE, floor: int = MIN_EVAL_EXAMPLES, gen_s_per_example: float = 0.0,
-             gen_examples: int = 0) -> int | None:
+             gen_examples: int = 0, gen_passes: int = 2) -> int | None:
     """Examples per final evaluation pass (validation, test and, with `baseline`, the base model on
-    test; summarization/translation also generate for up to `gen_examples` of them, with the
-    tuned and the base model) that keep the final evaluation within `share` of the budget: None
+    test; summarization/translation also generate for up to `gen_examples` of them, with
+    `gen_passes` models: the tuned and the base, as BudgetSettings.gen_passes) that keep the final evaluation within `share` of the budget: None
     when the whole splits fit (or without a budget), else the first N examples of each split, at
     least `floor`. A larger budget never evaluates on fewer examples."""
     if not budget_s or math.isinf(budget_s) or eval_s_per_example <= 0:
@@ -348,7 +348,7 @@ def eval_cap(budget_s: float | None, eval_s_per_example: float, n_val: int, n_te
     def cost(c: int) -> float:
         n_v, n_t = min(n_val, c), min(n_test, c)
         return ((n_v + n_t * (passes - 1)) * eval_s_per_example
-                + 2 * min(n_t, gen_examples) * gen_s_per_example)
+                + gen_passes * min(n_t, gen_examples) * gen_s_per_example)
 
     top = max(n_val, n_test)
     if cost(top) <= share * budget_s:

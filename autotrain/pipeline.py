@@ -332,10 +332,11 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
                               val_examples=min(x for x in (plan.trial.max_eval_examples, c, n_val) if x),
                               grad_accum=accum, min_grad_accum=floor if budget_s else accum,
                               trained_steps=trained, eval_cap=c, gen_examples=gen_examples(),
-                              gen_passes=2 if plan.trial.task in SEQ2SEQ_TASKS else 1,
-                              batch_size=plan.trial.batch_size)
+                              gen_passes=gen_passes, batch_size=plan.trial.batch_size)
 
     samples = sample_prompts(bundle, SAMPLE_PROMPTS) if plan.trial.task == "generation" else []
+    # models that generate: the tuned and the base for seq2seq scores, the tuned alone for samples
+    gen_passes = 2 if plan.trial.task in SEQ2SEQ_TASKS else 1
 
     def gen_examples() -> int:  # test examples generated for: scores (summarization, translation) or samples
         if plan.trial.task not in SEQ2SEQ_TASKS:
@@ -344,7 +345,8 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
 
     def sizing(eval_s: float, gen_s: float = 0.0) -> int | None:  # the evaluation's share of the budget
         cap[0] = eval_cap(budget_s, eval_s, n_val, n_test, baseline=generative, gen_s_per_example=gen_s,
-                          gen_examples=gen_examples() if plan.trial.task in SEQ2SEQ_TASKS else 0)
+                          gen_examples=gen_examples() if plan.trial.task in SEQ2SEQ_TASKS else 0,
+                          gen_passes=gen_passes)
         n = min(n_test, cap[0] or n_test)
         progress.emit("message", text=f"evaluation takes {eval_s:.2g} s per example: "
                       + (f"the base model's loss on {n} test examples next" if generative else
@@ -386,7 +388,7 @@ def plan_time(plan: RunPlan, opts: RunOptions, bundle, out: Path, progress: Prog
     keeper = Keeper(bp, clock=lambda: time.monotonic() - t_run, warn=lambda text: progress.emit("warning", text=text))
     if budget_s:
         plan = plan.with_budget(bp, search_cap_s=keeper.search_cap_s())
-        probed.trial.set_grad_accum(plan.trial.grad_accum, plan.trial.batch_size)  # the plan's cut, if any
+        probed.trial.set_batch(plan.trial.batch_size, plan.trial.grad_accum)  # the plan's cut, if any
         probed.trial.max_eval_examples = plan.trial.max_eval_examples
     progress.emit("stage", name="time", detail=bp.text())
     for w in bp.warnings:

@@ -163,7 +163,7 @@ def probe(spec, bundle: Any, hparams: dict | None = None, *, warmup: int = 1, st
                 accum = check(_typical(times, padded, warmup, front * trial.grad_accum), eval_s or 0.0,
                               build_s, len(times))
                 if accum and accum != trial.grad_accum:  # the budget cut the accumulation: time the new step
-                    trial.set_grad_accum(accum)
+                    trial.set_batch(trial.batch_size, accum)
                     front = trial.padded_tokens_per_micro_batch(max(1, check_steps) * accum)
                     times, padded, samples, tokens = [], [], 0, 0
         rng = _get_rng(trial)

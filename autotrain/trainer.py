@@ -558,15 +558,14 @@ class Trial:
         widths = widths[:want]
         return sum(widths) / max(1, len(widths))
 
-    def set_grad_accum(self, grad_accum: int, batch_size: int | None = None) -> None:
-        """Micro-batches per optimizer step (and the micro-batch) from the next step on: the
-        effective batch changes (a time budget's cut when a useful run does not fit otherwise;
+    def set_batch(self, batch_size: int, grad_accum: int) -> None:
+        """The micro-batch and micro-batches per optimizer step from the next step on; the
+        effective batch may change (a time budget's cut when a useful run does not fit otherwise;
         autotrain/budget.py). The stream of examples goes on where it is."""
-        batch_size = batch_size or self.batch_size
-        if grad_accum < 1 or batch_size < 1:
-            raise ValueError("grad_accum and batch_size must be at least 1")
-        self.grad_accum, self.batch_size = grad_accum, batch_size
-        self.args.update(grad_accum=grad_accum, batch_size=batch_size)
+        if batch_size < 1 or grad_accum < 1:
+            raise ValueError("batch_size and grad_accum must be at least 1")
+        self.batch_size, self.grad_accum = batch_size, grad_accum
+        self.args.update(batch_size=batch_size, grad_accum=grad_accum)
 
     def set_micro_batch(self, batch_size: int, grad_accum: int) -> None:
         """Change the micro-batch and accumulation (e.g. halve / double after an OOM). The
@@ -576,8 +575,7 @@ class Trial:
         if batch_size * grad_accum != self.batch_size * self.grad_accum:
             raise ValueError(f"effective batch would change from {self.batch_size * self.grad_accum} "
                              f"to {batch_size * grad_accum}")
-        self.batch_size, self.grad_accum = batch_size, grad_accum
-        self.args.update(batch_size=batch_size, grad_accum=grad_accum)
+        self.set_batch(batch_size, grad_accum)
         if self.device.type == "cuda":
             gc.collect()
             torch.cuda.empty_cache()
