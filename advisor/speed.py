@@ -67,12 +67,16 @@ class SpeedConstants:
     # (fp32), gradient clipping reads the gradients once more: about 32 bytes per trainable weight
     optimizer_bytes_per_param: float = 32.0
     # the CPU, without a probe: effective fp32 GFLOP/s per core in a PyTorch training step of a
-    # small model, and memory bandwidth. Measured on this project's shared 2-core machine: MiniLM
-    # full fine-tune, micro-batch 16 of about 18 tokens, 4.4 s per step (3.5 examples/s, 19 GFLOP
-    # per step: about 2 GFLOP/s per core, busy neighbours included; benchmarks/results/
-    # throughput.json has 3.57 examples/s). A rough figure: CPUs differ by 10x; `autoft advise
-    # --measure` and the run's probe replace it with a measured step time.
-    cpu_gflops_per_core: float = 2.5
+    # small model (what this model's FLOP count divided by the measured step time gives), and
+    # memory bandwidth. Fitted on this project's 2-core machine, quiet, with the advisor's own
+    # inputs (the data's estimated mean length): MiniLM full fine-tune on the 8,530-row sst2
+    # slice, 16 x ~14 tokens, trains at 27.7-29.3 examples/s in `autoft run`'s final runs
+    # (13.1 GFLOP/s per core by this model; benchmarks/results/time_budget.json); SmolLM2-135M
+    # LoRA on alpaca, 4 x 4 of ~90 tokens, 0.65 examples/s (`autoft advise --measure`; 17 GFLOP/s
+    # per core). 15 is their geometric middle: +14% and -12%. The figure of an earlier, busier
+    # machine state (3.5 examples/s, 2.5 GFLOP/s) was 81% low. A rough figure: CPUs differ by 10x;
+    # `autoft advise --measure` and the run's probe replace it with a measured step time.
+    cpu_gflops_per_core: float = 15.0
     cpu_bandwidth_gbs: float = 10.0
 
     def to_dict(self) -> dict:

@@ -33,7 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--measure", action="store_true", help="time a few optimizer steps of the "
                         "recommended setting on this machine with the model and --data (the model must "
                         "be on disk or in the Hugging Face cache): the time per epoch is then measured, "
-                        "not predicted; takes seconds to a minute")
+                        "not predicted; on 2 CPU cores about 20 s for MiniLM (22M), about 4 min for SmolLM2-135M "
+                        "at 4 x 4 (4 steps and 32 evaluation examples)")
     parser.add_argument("--verify", action="store_true", help="before answering, trace the recommended "
                         "setting's training step on fake tensors (autoft's own code, no GPU, no weights) and "
                         "print its measured peak beside the prediction, with how long the trace took: a few "
