@@ -39,6 +39,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Iterable
 
+from autoft.advisor.activations import sdpa_kernel
 from autoft.advisor.spec import SEQ2SEQ_TASKS, Estimate, ModelSpec, TrainSetup
 from autoft.advisor.units import GIB
 
@@ -391,6 +392,12 @@ def estimate(spec: ModelSpec, setup: TrainSetup, constants: Constants | None = N
 
     # -- activations --------------------------------------------------------------------------
     mixed = policy.autocast_copy > 0  # fp32 weights under autocast: fp32 stream, norms, softmax
+    if (mixed and tech in ("full", "freeze")) or (spec.family == "encoder" and policy.act == 2):
+        # the residual stream between blocks (what checkpointing keeps per layer) is fp32 under
+        # autocast with fp32 weights (full/freeze: fp32 embeddings + 16-bit outputs add up in
+        # fp32), and in every LayerNorm model under autocast: layer_norm runs in fp32 there and its
+        # output is the stream (LoRA's 16-bit decoders keep a 16-bit stream)
+        stream_bytes = 4
     per_token = layer_activation_bytes_per_token(spec, setup, weights_train=layer_weights_train,
                                                  lora=lora, e=e, c=c, stream=4 if mixed else None)
     per_layer = per_token * tokens
@@ -400,6 +407,13 @@ def estimate(spec: ModelSpec, setup: TrainSetup, constants: Constants | None = N
                      "whatever the kernel setting")
     if eager:
         per_layer += eager_attention_bytes_per_sample(spec, setup, e, 4 if mixed else None) * b
+    elif not on_cpu and spec.family == "decoder" and sdpa_kernel(spec, e) == "math":
+        # CUDA SDPA has no fused kernel for this call (fp32 with grouped KV heads: flash needs 16
+        # bits, memory-efficient no GQA), so the math one runs: it saves the a x s x s fp32
+        # scores, q scaled and k, v repeated to every head, instead of q, k, v, the output and the
+        # log-sum-exp (the fake-tensor trace: 36 of SmolLM2's 48 GiB at 2 x 4096 in fp32)
+        a, qw, kvw = spec.num_attention_heads, spec.num_attention_heads * spec.head_size, spec.num_kv_heads * spec.head_size
+        per_layer += (e * a * s + e * (3 * qw - 2 * qw - 2 * kvw) - 4 * a) * tokens
     if trained_layers <= 0:
         acts = 0.0
     elif ckpt:

@@ -279,3 +279,31 @@ def test_gated_encoder_mlp_stores_more_than_plain():
     setup = TrainSetup(technique="full", task="classification", batch_size=8, seq_len=256)
     assert (estimate(gated, setup).breakdown_bytes["activations"]
             > estimate(plain, setup).breakdown_bytes["activations"])
+
+
+def test_fp32_grouped_kv_heads_save_the_math_kernels_scores_on_a_gpu():
+    # CUDA SDPA has no fused kernel for fp32 with grouped KV heads (flash needs 16 bits,
+    # memory-efficient no GQA): the math kernel keeps a x s x s fp32 scores per layer.
+    gqa = llama3_8b()
+    assert gqa.num_kv_heads < gqa.num_attention_heads
+    mha = replace(gqa, num_kv_heads=gqa.num_attention_heads)
+    kw = dict(technique="lora", seq_len=2048, batch_size=1)
+    a, s, L = gqa.num_attention_heads, 2048, gqa.num_layers
+    scores = L * a * s * s * 4
+    fp32_gqa = term(gqa, "activations", precision="fp32", **kw)
+    fp32_mha = term(mha, "activations", precision="fp32", **kw)
+    assert fp32_gqa - fp32_mha > 0.9 * scores  # the scores (less the k, v that GQA does not repeat)
+    # bf16 runs flash (GQA or not): no scores; on the CPU (RAM) the term does not apply
+    assert term(gqa, "activations", precision="bf16", **kw) <= term(mha, "activations", precision="bf16", **kw)
+    assert term(gqa, "activations", precision="fp32", device="cpu", **kw) < fp32_mha
+
+
+def test_checkpoints_of_a_layernorm_encoder_under_autocast_are_fp32():
+    # with checkpointing each layer keeps its input, the LayerNorm's output: fp32 under autocast
+    # (one layer more costs one more checkpoint; the recomputed layer is counted once)
+    spec, tokens = bert_base(), 32 * 256
+    kw = dict(technique="lora", seq_len=256, batch_size=32, gradient_checkpointing=True)
+    for precision in ("bf16", "fp32"):
+        one_more = (term(spec, "activations", precision=precision, **kw)
+                    - term(replace(spec, num_layers=spec.num_layers - 1), "activations", precision=precision, **kw))
+        assert one_more == pytest.approx(4 * spec.hidden_size * tokens, abs=16)
