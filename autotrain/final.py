@@ -19,6 +19,7 @@ the steps trained after the last best.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -182,14 +183,24 @@ class FinalRun:
             progress.emit("step", phase="final", step=info.get("step"), total=self.total,
                           loss=info.get("loss"), lr=info.get("lr"), done_steps=info.get("step"))
 
+        # Under a time budget the run is re-planned from its measured step time at least every
+        # `hold` steps, not only at validation passes: a short final run validates only at its end
+        # (a budget of 8 min: 11 steps of 30 s, validated once), and a machine slower than the
+        # probe said would otherwise overrun the budget with nothing to stop it.
+        hold = max(1, math.ceil(self.total / 8)) if self.keeper is not None and self.keeper.budgeted else None
         try:
             while trial.steps_done < self.total:
                 # validate every eval_every steps counted from where the final run starts (0, or
                 # the search winner's steps), whatever was trained since (the probe's steps, a resume)
                 to_eval = plan.eval_every - (trial.steps_done - identity["continued_from_step"]) % plan.eval_every
-                res = trial.train(min(to_eval, self.total - trial.steps_done), on_step=on_step)
+                n = min(to_eval, self.total - trial.steps_done, hold or to_eval)
+                res = trial.train(n, on_step=on_step)
                 state.samples += int(res.get("samples") or 0)
                 train_s += float(res.get("seconds") or 0.0)
+                if n < to_eval and trial.steps_done < self.total:  # between validation passes
+                    self._hold_to_budget(trial, train_s / max(1, trial.steps_done - start_steps))
+                    if trial.steps_done < self.total:
+                        continue  # (shortened to here: validate now, as at the end)
                 ev = trial.evaluate("validation", max_examples=plan.trial.max_eval_examples)
                 val, val_loss = ev.get(plan.metric), validation_loss(ev)
                 history["validation"].append({"step": trial.steps_done, plan.metric: val, "loss": val_loss})

@@ -264,3 +264,76 @@ def test_scoring_by_generation_counts_in_the_evaluation_and_its_share():
     base = plan_budget(3600, m, S)
     scored = plan_budget(3600, m, BudgetSettings(**{**S.__dict__, "gen_examples": 50}))
     assert scored.phases["evaluation"] == pytest.approx(base.phases["evaluation"] + 2 * 50 * 2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The final run held to the budget between validation passes
+# ---------------------------------------------------------------------------------------------
+class _FakeTrial:
+    """Trains instantly, reporting `step_s` seconds per step; validation loss falls with steps."""
+
+    def __init__(self, step_s: float):
+        self.step_s, self.steps_done, self.decay_start = step_s, 0, 0
+        self.chunks, self.evals, self.schedule = [], [], None
+
+    def train(self, n, on_step=None):
+        self.chunks.append(n)
+        self.steps_done += n
+        return {"samples": 4 * n, "seconds": self.step_s * n}
+
+    def evaluate(self, split, max_examples=None):
+        self.evals.append(self.steps_done)
+        return {"eval_loss": 1.0 / self.steps_done}
+
+    def set_schedule(self, **kw):
+        self.schedule = kw
+
+    def save_checkpoint(self, path):
+        pass
+
+
+class _TrainSecondsKeeper:
+    """A budget of `train_s` seconds of training: as many steps as fit at the measured step time."""
+
+    budgeted = True
+
+    def __init__(self, train_s: float, planned: int):
+        self.train_s, self.planned = train_s, planned
+
+    def final_steps(self, steps_done=0, step_s=None):
+        return self.planned if step_s is None else min(self.planned, int(self.train_s // step_s))
+
+
+class _Quiet:
+    def emit(self, *a, **kw):
+        pass
+
+
+def _final_run(tmp_path, keeper, steps=11, eval_every=20):
+    from types import SimpleNamespace
+
+    from autoft.autotrain.final import FinalRun
+
+    plan = SimpleNamespace(final_steps=steps, eval_every=eval_every, metric="eval_loss", higher_is_better=False,
+                           patience=3, trial=SimpleNamespace(max_eval_examples=None))
+    return FinalRun(plan, bundle=None, out=tmp_path, progress=_Quiet(), trial_factory=object(), keeper=keeper)
+
+
+def test_a_final_run_shorter_than_its_validation_interval_is_still_held_to_the_budget(tmp_path):
+    from autoft.autotrain.final import FinalState
+
+    # planned: 11 steps validated once, at the end; the machine runs 30 s steps and the budget
+    # leaves 240 s of training: the run stops at 8 steps (and validates there), not 11
+    run, trial = _final_run(tmp_path, _TrainSecondsKeeper(240, 11)), _FakeTrial(30.0)
+    run._train(trial, FinalState(history={"train": [], "validation": []}), {"continued_from_step": 0})
+    assert trial.steps_done == 8 and run.total == 8
+    assert max(trial.chunks) <= 2 and trial.evals == [8]  # re-planned every ceil(11 / 8) = 2 steps
+    assert trial.schedule["total_steps"] == 8  # the learning rate decays to 0 at the new end
+
+
+def test_without_a_budget_the_final_run_trains_to_its_validation_pass_in_one_go(tmp_path):
+    from autoft.autotrain.final import FinalState
+
+    run, trial = _final_run(tmp_path, None), _FakeTrial(30.0)
+    run._train(trial, FinalState(history={"train": [], "validation": []}), {"continued_from_step": 0})
+    assert trial.chunks == [11] and trial.evals == [11] and trial.schedule is None
