@@ -112,12 +112,14 @@ class BudgetPlan:
     # the phases as first planned (what the user was told before training); a re-plan changes
     # `phases` (its "spent" then holds everything run so far) but never this
     planned: dict[str, float] = field(default_factory=dict)
+    planned_text: str = ""  # text() as first planned (a re-plan's text() describes what is left)
 
     def __post_init__(self) -> None:
         self.grad_accum = self.grad_accum or self.settings.grad_accum
         self.batch_size = self.batch_size or self.settings.batch_size
         if not self.planned:
             self.planned = dict(self.phases)
+            self.planned_text = self.text()
             # what was spent before the plan (the probe, loading) is measured, not predicted
             self.actual.setdefault("spent", round(float(self.phases.get("spent", 0.0)), 2))
 
@@ -176,7 +178,10 @@ class BudgetPlan:
                 "replanned_total_s": round(self.total_s, 1) if self.replans else None,
                 "actual_total_s": round(sum(self.actual.values()), 1) if self.actual else None,
                 "measured": asdict(self.measured), "settings": asdict(self.settings),
-                "warnings": list(self.warnings), "replans": self.replans, "text": self.text()}
+                "warnings": list(self.warnings), "replans": self.replans,
+                # text: what the user was told before training; replanned_text: the latest plan's
+                "text": self.planned_text or self.text(),
+                "replanned_text": self.text() if self.replans else None}
 
 
 def fmt_duration(seconds: float) -> str:

@@ -114,6 +114,9 @@ def test_a_replan_keeps_the_first_prediction_for_predicted_vs_actual():
     assert d["phases"]["final"]["replanned_s"] == round(q.phases["final"], 1) != d["phases"]["final"]["predicted_s"]
     assert d["phases"]["spent"] == {"predicted_s": 60.0, "actual_s": 60.0, "replanned_s": 900.0}
     assert d["actual_total_s"] == 560.0 and d["replanned_total_s"] == pytest.approx(q.total_s, abs=0.1)
+    # the line shown before training stays the plan's text; the re-plan's (what is left) is beside it
+    assert d["text"] == p.text() != q.text() == d["replanned_text"]
+    assert p.to_dict()["replanned_text"] is None
 
 
 def test_final_evaluations_are_fewer_when_one_costs_more_than_its_share():
