@@ -186,9 +186,12 @@ def time_lines(budget: dict | None) -> list[str]:
     limit = budget.get("budget_s")
     replanned = bool(budget.get("replans"))
     head = f"## Time ({'budget ' + _fmt(limit) + ' s' if limit else 'no budget'})"
-    lines = [head, "", f"Plan: {budget.get('text', '')}.", "",
-             "| phase | predicted (s) |" + (" re-planned (s) |" if replanned else "") + " actual (s) |",
-             "|---|---:|" + ("---:|" if replanned else "") + "---:|"]
+    lines = [head, "", f"Plan: {budget.get('text', '')}."]
+    if budget.get("replanned_text"):
+        # a re-plan describes only what was left at that point
+        lines.append(f"Last re-plan ({budget['replans']} in all): {budget['replanned_text']}.")
+    lines += ["", "| phase | predicted (s) |" + (" re-planned (s) |" if replanned else "") + " actual (s) |",
+              "|---|---:|" + ("---:|" if replanned else "") + "---:|"]
     for k, v in budget["phases"].items():
         actual = v.get("actual_s")
         lines.append(f"| {PHASE_NAMES.get(k, k)} | {_fmt(v.get('predicted_s'))} |"

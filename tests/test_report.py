@@ -65,7 +65,9 @@ def test_report_shows_the_time_plan_predicted_replanned_and_actual(tmp_path):
     metrics = {"metric": "accuracy", "test": {"accuracy": 0.8}, "budget": plan.to_dict()}
     text = write_report(tmp_path, rec={"technique": "full"}, metrics=metrics, records=[], history={},
                         search=None, command="autoft run").read_text(encoding="utf-8")
-    assert "## Time (budget 1800 s)" in text and f"Plan: {plan.text()}." in text
+    assert "## Time (budget 1800 s)" in text and f"Plan: {plan.planned_text}." in text
+    # the plan the user was shown before training, and the last re-plan (which says what was left)
+    assert plan.planned_text != plan.text() and f"Last re-plan (1 in all): {plan.text()}." in text
     assert "| phase | predicted (s) | re-planned (s) | actual (s) |" in text
     assert "| before the plan (probe, loading) | 30 | 1000 | 30 |" in text
     assert "| saving |" in text and "(after this report)" in text
