@@ -14,8 +14,8 @@ file are skipped, so slices can be run one at a time (`nice -n 10`, one core eac
 Goal (issue 16): median |error| <= 3%, worst <= 8%, never under by more than 3%.
 
 Also, per architecture: `--cuda-delta` traces one cell per technique with and without the CUDA
-emulation (autotrain/trace_cuda.py) and records the difference. (Comparing the real trainer's peak
-RSS on this CPU with a CPU trace, issue 16 item 5, is not written yet.)
+emulation (autotrain/trace_cuda.py) and records the difference. The real trainer's peak RSS on
+this CPU against a CPU trace (issue 16 item 5) is benchmarks/bench_trace_vs_cpu.py.
 `--rescore` recomputes the analytic side of every stored cell without tracing again (after a change
 to advisor/memory.py); what was traced when is said in the file's "provenance".
 """

@@ -334,6 +334,61 @@ def test_a_final_run_shorter_than_its_validation_interval_is_still_held_to_the_b
     assert trial.schedule["total_steps"] == 8  # the learning rate decays to 0 at the new end
 
 
+class _LongestFirstTrial(_FakeTrial):
+    """Steps cost `s_per_token` x their padded tokens, the stream's longest micro-batches first
+    (as autoft's data stream orders them): `widths[i]` padded tokens for micro-batch i."""
+
+    grad_accum, batch_size = 1, 4
+
+    def __init__(self, widths: list[float], s_per_token: float):
+        super().__init__(0.0)
+        self.widths, self.s_per_token, self.seconds = widths, s_per_token, 0.0
+
+    def train(self, n, on_step=None):
+        s = self.s_per_token * sum(self.widths[self.steps_done:self.steps_done + n])
+        self.chunks.append(n)
+        self.steps_done += n
+        self.seconds += s
+        return {"samples": 4 * n, "seconds": s}
+
+    def padded_tokens_per_micro_batch(self, micro_batches=None, batch_size=None):
+        first = self.widths[:micro_batches or len(self.widths)]
+        return sum(first) / len(first)
+
+
+class _RemainingKeeper:
+    """A budget of `train_s` seconds of training; re-plans as the real Keeper does: the steps done
+    plus as many more as the time left holds at `step_s` each (the steps ahead's cost)."""
+
+    budgeted = True
+
+    def __init__(self, train_s: float, planned: int, trial):
+        self.train_s, self.planned, self.trial = train_s, planned, trial
+
+    def final_steps(self, steps_done=0, step_s=None):
+        if step_s is None:
+            return self.planned
+        return min(self.planned, steps_done + int((self.train_s - self.trial.seconds) // step_s + 1e-9))
+
+
+def test_a_re_plan_carries_the_first_long_steps_cost_to_the_shorter_steps_ahead(tmp_path):
+    from autoft.autotrain.final import FinalState
+
+    # 11 planned steps: the first 3 of 150 padded tokens, then 8 of 100, at 0.2 s per token: 250 s,
+    # exactly the budget. The first steps' mean (30 s) taken for every step ahead would cut the run
+    # to 8 steps; carried by padded tokens (21 s ahead) all 11 fit.
+    trial = _LongestFirstTrial([150.0] * 3 + [100.0] * 8, 0.2)
+    run = _final_run(tmp_path, _RemainingKeeper(250.0, 11, trial))
+    run._train(trial, FinalState(history={"train": [], "validation": []}), {"continued_from_step": 0})
+    assert trial.steps_done == 11 and run.total == 11 and trial.schedule is None
+    assert trial.seconds == pytest.approx(250.0)
+    # the same stream on a machine 20% slower than that is cut, and ends within the budget
+    slow = _LongestFirstTrial([150.0] * 3 + [100.0] * 8, 0.24)
+    run = _final_run(tmp_path, _RemainingKeeper(250.0, 11, slow))
+    run._train(slow, FinalState(history={"train": [], "validation": []}), {"continued_from_step": 0})
+    assert 8 <= slow.steps_done < 11 and slow.seconds <= 250.0 + 0.24 * 150
+
+
 def test_without_a_budget_the_final_run_trains_to_its_validation_pass_in_one_go(tmp_path):
     from autoft.autotrain.final import FinalState
 
