@@ -42,6 +42,25 @@ def first_last(trial):
 
 
 # -- metrics (pure) ---------------------------------------------------------------------------
+def test_adamw_is_fused_on_the_cpu_and_takes_the_same_step_as_the_default():
+    from autoft.autotrain.step import make_optimizer
+
+    torch.manual_seed(0)
+    w = [torch.nn.Parameter(torch.randn(64, 32)) for _ in range(2)]
+    g = [torch.randn(64, 32) for _ in range(2)]
+    fused = make_optimizer([{"params": w, "weight_decay": 0.01}], "adamw", 1e-3, "cpu")
+    assert fused.defaults["fused"] is True
+    ref_w = [torch.nn.Parameter(p.detach().clone()) for p in w]
+    ref = torch.optim.AdamW([{"params": ref_w, "weight_decay": 0.01}], lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    for _ in range(3):
+        for p, q, gr in zip(w, ref_w, g):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        fused.step()
+        ref.step()
+    for p, q in zip(w, ref_w):
+        torch.testing.assert_close(p, q)
+
+
 def test_classification_metrics_by_hand():
     m = classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(3 / 5)
