@@ -68,16 +68,19 @@ class SpeedConstants:
     optimizer_bytes_per_param: float = 32.0
     # the CPU, without a probe: effective fp32 GFLOP/s per core in a PyTorch training step of a
     # small model (what this model's FLOP count divided by the measured step time gives), and
-    # memory bandwidth. Fitted on this project's 2-core machine, quiet, with the advisor's own
-    # inputs (the data's estimated mean length): MiniLM full fine-tune on the 8,530-row sst2
-    # slice, 16 x ~14 tokens, trains at 27.7-29.3 examples/s in `autoft run`'s final runs
-    # (13.1 GFLOP/s per core by this model; benchmarks/results/time_budget.json); SmolLM2-135M
-    # LoRA on alpaca, 4 x 4 of ~90 tokens, 0.65 examples/s (`autoft advise --measure`; 17 GFLOP/s
-    # per core). 15 is their geometric middle: +14% and -12%. The figure of an earlier, busier
-    # machine state (3.5 examples/s, 2.5 GFLOP/s) was 81% low. A rough figure: CPUs differ by 10x;
-    # `autoft advise --measure` and the run's probe replace it with a measured step time.
-    cpu_gflops_per_core: float = 15.0
-    cpu_bandwidth_gbs: float = 10.0
+    # memory bandwidth. Fitted on this project's 2-core machine, quiet, against `autoft run`'s
+    # final runs with the advisor's own inputs (the data's estimated mean length), in
+    # benchmarks/results/time_budget.json: MiniLM full fine-tune, 16 examples per step, on the
+    # 8,530-row sst2 slice (76.6-81.6 examples/s: 41 GFLOP/s per core by this model) and banking77
+    # (67.4-69.6: 40); SmolLM2-135M LoRA 4 x 4 on alpaca (1.18-1.27: 32). 36 predicts all three
+    # within 16%. Earlier figures (2.5, then 15) were fitted on runs with tests running beside
+    # them and before AdamW was fused on the CPU. A rough figure: CPUs differ by 10x, and small
+    # matrices run further below peak; `autoft advise --measure` and the run's probe replace it
+    # with a measured step time.
+    cpu_gflops_per_core: float = 36.0
+    # the optimizer's (and QLoRA's dequantisation's) memory traffic on the CPU: torch's fused
+    # AdamW steps MiniLM's 22.3M weights in 0.028 s on one core here, 32 bytes per weight at 25 GB/s
+    cpu_bandwidth_gbs: float = 25.0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,6 +18,7 @@ Two measurements, each driving `autoft run` as a subprocess (exactly what a user
     python benchmarks/bench_time_budget.py budgets [--seeds 1] [--budgets 2,4,6,8,12,16,20] [--sets sst2-8530,alpaca]
     python benchmarks/bench_time_budget.py worth [--seeds 3]
     python benchmarks/bench_time_budget.py smoke      # plumbing only: 64 sst2 rows, a few steps
+    python benchmarks/bench_time_budget.py advisor    # the advisor's samples/s of the stored rows again
 
 Writes benchmarks/results/time_budget.json + .png and worth_its_time.json + .png (smoke: a
 temporary folder). Heavy: the full `budgets` run takes about 5 h, `worth` about 4 h on 2 cores, so
@@ -91,6 +92,7 @@ def autoft_run(data: Path, model: str, budget_s: float, seed: int, out: Path, ex
                final_steps=metrics.get("final_steps"), continued_from=metrics.get("continued_from_step"),
                measured_samples_per_s=metrics.get("train_samples_per_second"),
                advisor_samples_per_s=(rec.get("speed") or {}).get("examples_per_s"),
+               advisor_assumption=(rec.get("speed") or {}).get("assumption"),
                probe_samples_per_s=_probe_eps(plan, metrics), plan=_plan_summary(plan))
     return row
 
@@ -212,6 +214,28 @@ def _speed_summary(rows: list[dict]) -> dict:
     return out
 
 
+def rescore_advisor(a, tmp: Path) -> dict:
+    """`advisor`: the advisor's no-probe samples/s of every stored row again, from `autoft advise`
+    with the code as it is now (seconds per data set, nothing trained), so that the summary holds
+    the shipped CPU model against the measured final runs after its constants change."""
+    path = a.results_dir / "time_budget.json"
+    res = _read(path)
+    rows = res.get("rows", [])
+    for name, data, model in budget_sets(tmp, False):
+        if not any(r["data"] == name for r in rows):
+            continue
+        proc = subprocess.run([*AUTOFT, "advise", "--data", str(data), "--model", model, "--json"],
+                              capture_output=True, text=True, check=True)
+        speed = json.loads(proc.stdout).get("speed") or {}
+        print(f"{name}: {speed.get('examples_per_s')} examples/s ({speed.get('assumption')})", file=sys.stderr)
+        for r in rows:
+            if r["data"] == name:
+                r.update(advisor_samples_per_s=speed.get("examples_per_s"), advisor_assumption=speed.get("assumption"))
+    res["summary"] = _budget_summary(rows)
+    _finish(res, a, "time_budget")
+    return res
+
+
 # ---------------------------------------------------------------------------------------------
 # worth its time
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +283,9 @@ def _worth_summary(rows: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("budgets", "worth", "smoke"))
+    ap.add_argument("what", choices=("budgets", "worth", "smoke", "advisor"),
+                    help="budgets: run the budget matrix; worth: against the by-hand defaults; smoke: plumbing; "
+                    "advisor: re-predict the advisor's samples/s of the stored budget rows (no training)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per setting (budgets 1, worth 3)")
     ap.add_argument("--budgets", default="2,4,6,8,12,16,20", help="minutes, comma-separated")
     ap.add_argument("--hand-seq-len", type=int, default=128, help="the by-hand run's truncation length")
@@ -283,7 +309,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         jobs = [("time_budget", run_budgets), ("worth_its_time", run_worth)] if a.smoke else \
-            [("time_budget", run_budgets)] if a.what == "budgets" else [("worth_its_time", run_worth)]
+            [("time_budget", run_budgets)] if a.what == "budgets" else \
+            [("time_budget", rescore_advisor)] if a.what == "advisor" else [("worth_its_time", run_worth)]
         for name, job in jobs:
             a.started = time.time()
             res = job(a, tmp)

@@ -115,7 +115,7 @@ def fake_advise(question, hardware):
         "search_space": {"learning_rate": [1e-5, 1e-4]},
         "speed": {"examples_per_s": round(64 / (1 + batch / 8), 2), "step_s": 2.5, "epoch_s": 180.0,
                   "tokens_assumed": "the data's mean length, 42 tokens", "method": "model", "device": "CPU (8 cores)",
-                  "assumption": "120 GFLOP/s on the CPU (8 cores) (assumed 15 GFLOP/s per core in fp32)"},
+                  "assumption": "288 GFLOP/s on the CPU (8 cores) (assumed 36 GFLOP/s per core in fp32)"},
         "question": {"data_size": question.data_size},
     }
 
