@@ -242,7 +242,7 @@ class FinalRun:
         def tokens(steps: int) -> float:  # padded tokens of the stream's first `steps` steps
             return padded(steps * accum) * steps * accum if steps else 0.0
 
-        per_done = (tokens(trial.steps_done) - tokens(trial.steps_done - done)) / done
+        per_done = (tokens(trial.steps_done) - tokens(start_steps)) / done
         per_ahead = (tokens(self.total) - tokens(trial.steps_done)) / ahead
         return mean * per_ahead / per_done if per_done > 0 and per_ahead > 0 else mean
 
